@@ -1,0 +1,33 @@
+# needle: `make` builds the backends in place; `make test` installs, builds and tests.
+PYTHON ?= python3
+BUILD_DIR ?= build
+CMAKE_ARGS ?=
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all lib deps test-deps test demo bench clean
+
+all: lib
+
+lib:
+	-$(PYTHON) -m pip install -q -r requirements.txt
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$$(command -v $(PYTHON))" $(CMAKE_ARGS)
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+deps:
+	$(PYTHON) -m pip install -q -r requirements.txt
+
+test-deps:
+	$(PYTHON) -m pip install -q -r requirements-test.txt
+
+test: test-deps lib
+	$(PYTHON) -m pytest -q
+	NEEDLE_BACKEND=np $(PYTHON) -m pytest -q tests/np_mode
+
+demo: deps lib
+	$(PYTHON) -m apps.demo
+
+bench: lib
+	$(PYTHON) benchmarks/run.py
+
+clean:
+	rm -rf $(BUILD_DIR) python/needle/backend_ndarray/*.so

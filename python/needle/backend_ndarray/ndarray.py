@@ -1,0 +1,620 @@
+"""NDArray: a strided view (shape, strides, offset) over a flat device buffer.
+
+Movement ops (reshape of compact arrays, permute, broadcast_to, slicing,
+as_strided) only change metadata; ``compact()`` is the one copy. Every
+argument is checked here, before it reaches a kernel, so bad input is a
+Python exception and never an out-of-bounds access.
+"""
+import builtins
+import numbers
+import operator
+from functools import reduce
+
+_sum = builtins.sum
+
+import numpy as np
+
+from .device import (
+    BackendDevice,
+    _shape_tuple,
+    all_devices,
+    cpu,
+    cpu_numpy,
+    cuda,
+    cuda_memory_stats,
+    default_device,
+)
+
+
+def prod(x):
+    return reduce(operator.mul, x, 1)
+
+
+def _normalize_axes(axis, ndim, what):
+    """axis (None, int or sequence) -> sorted tuple of distinct non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (int, np.integer)):
+        axis = (axis,)
+    axis = tuple(axis)
+    if len(axis) == 0:
+        raise ValueError(f"{what}: empty axis tuple")
+    out = []
+    for ax in axis:
+        if not isinstance(ax, (int, np.integer)):
+            raise TypeError(f"{what}: axes must be integers, got {axis!r}")
+        if not -ndim <= ax < max(ndim, 1):
+            raise ValueError(f"{what}: axis {ax} is out of range for an array of ndim {ndim}")
+        out.append(int(ax) % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{what}: repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def _broadcast_shapes(*shapes):
+    ndim = max(len(s) for s in shapes)
+    result = []
+    for i in range(-ndim, 0):
+        dims = {s[i] for s in shapes if len(s) >= -i and s[i] != 1}
+        if len(dims) > 1:
+            raise ValueError("shapes " + " and ".join(str(s) for s in shapes) + " cannot be broadcast together")
+        result.append(dims.pop() if dims else 1)
+    return tuple(result)
+
+
+def _is_scalar(x):
+    return isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, (complex, np.complexfloating))
+
+
+class NDArray:
+    """A float32 N-d array on a device.
+
+    Fields: ``_shape``, ``_strides`` (in elements), ``_offset`` (in elements),
+    ``_device`` and ``_handle`` (the device buffer, shared by views).
+    """
+
+    def __init__(self, other, device=None):
+        if isinstance(other, NDArray):
+            if device is None or device == other.device:
+                self._init(other.copy())
+            else:
+                self._init(NDArray(other.numpy(), device=device))
+            return
+        if not isinstance(other, np.ndarray):
+            try:
+                other = np.array(other)
+            except (ValueError, TypeError) as e:
+                raise TypeError(f"cannot build an NDArray from {type(other).__name__}: {e}") from None
+        if other.dtype.kind not in "biuf":
+            raise TypeError(f"NDArray holds float32; unsupported dtype {other.dtype} (kind {other.dtype.kind!r})")
+        device = default_device() if device is None else device
+        array = NDArray.make(other.shape, device=device)
+        device.from_numpy(np.ascontiguousarray(other, dtype=np.float32), array._handle)
+        self._init(array)
+
+    def _init(self, other):
+        self._shape = other._shape
+        self._strides = other._strides
+        self._offset = other._offset
+        self._device = other._device
+        self._handle = other._handle
+
+    @staticmethod
+    def compact_strides(shape):
+        stride = 1
+        res = []
+        for dim in reversed(shape):
+            res.append(stride)
+            stride *= dim
+        return tuple(reversed(res))
+
+    @staticmethod
+    def make(shape, strides=None, device=None, handle=None, offset=0):
+        """A new array header; allocates a compact buffer when ``handle`` is None."""
+        array = NDArray.__new__(NDArray)
+        array._shape = _shape_tuple(shape)
+        array._strides = NDArray.compact_strides(array._shape) if strides is None else tuple(int(s) for s in strides)
+        array._offset = int(offset)
+        array._device = default_device() if device is None else device
+        if not isinstance(array._device, BackendDevice):
+            raise TypeError(f"device must be a BackendDevice, got {array._device!r}")
+        if handle is None:
+            array._device.require()
+            array._handle = array._device.Array(prod(array._shape))
+        else:
+            array._handle = handle
+        return array
+
+    # ---- properties -------------------------------------------------------
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def strides(self):
+        return self._strides
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def dtype(self):
+        return "float32"
+
+    @property
+    def ndim(self):
+        return len(self._shape)
+
+    @property
+    def size(self):
+        return prod(self._shape)
+
+    def __len__(self):
+        if not self._shape:
+            raise TypeError("len() of a 0-d NDArray")
+        return self._shape[0]
+
+    def __repr__(self):
+        return "NDArray(" + self.numpy().__str__() + f", device={self.device})"
+
+    def __str__(self):
+        return self.numpy().__str__()
+
+    # ---- basic array manipulation ----------------------------------------
+    def fill(self, value):
+        """Set every element of the underlying buffer to ``value`` (in place)."""
+        self._device.fill(self._handle, float(value))
+
+    def to(self, device):
+        if device == self.device:
+            return self
+        return NDArray(self.numpy(), device=device)
+
+    def numpy(self):
+        return self.device.to_numpy(self._handle, list(self.shape), list(self.strides), self._offset)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype)
+
+    def is_compact(self):
+        return self._strides == self.compact_strides(self._shape) and prod(self.shape) == self._handle.size
+
+    def compact(self):
+        """Self if compact, else a compact copy."""
+        if self.is_compact():
+            return self
+        out = NDArray.make(self.shape, device=self.device)
+        if out.size:
+            self.device.compact(self._handle, out._handle, list(self.shape), list(self.strides), self._offset)
+        return out
+
+    def copy(self):
+        out = NDArray.make(self.shape, device=self.device)
+        if out.size:
+            self.device.compact(self._handle, out._handle, list(self.shape), list(self.strides), self._offset)
+        return out
+
+    def as_strided(self, shape, strides):
+        """A view with the given shape and element strides over the same buffer."""
+        shape = _shape_tuple(shape)
+        strides = tuple(int(s) for s in strides)
+        if len(shape) != len(strides):
+            raise ValueError(f"as_strided: shape {shape} and strides {strides} differ in length")
+        if prod(shape) > 0:
+            lo = self._offset + _sum(min(0, (n - 1) * s) for n, s in zip(shape, strides))
+            hi = self._offset + _sum(max(0, (n - 1) * s) for n, s in zip(shape, strides))
+            if lo < 0 or hi >= self._handle.size:
+                raise ValueError(
+                    f"as_strided: shape {shape}, strides {strides}, offset {self._offset} reach elements "
+                    f"[{lo}, {hi}] outside the buffer of {self._handle.size}"
+                )
+        return NDArray.make(shape, strides=strides, device=self.device, handle=self._handle, offset=self._offset)
+
+    @property
+    def flat(self):
+        return self.reshape((self.size,))
+
+    def reshape(self, new_shape):
+        """A view when compact; a non-compact array is compacted first (like numpy)."""
+        if isinstance(new_shape, (int, np.integer)):
+            new_shape = (new_shape,)
+        new_shape = tuple(new_shape)
+        if _sum(1 for s in new_shape if s == -1) > 1:
+            raise ValueError(f"reshape: can only infer one dimension, got {new_shape}")
+        if -1 in new_shape:
+            known = prod(s for s in new_shape if s != -1)
+            if known == 0 or self.size % known:
+                raise ValueError(f"reshape: cannot reshape array of shape {self.shape} into {new_shape}")
+            new_shape = tuple(self.size // known if s == -1 else s for s in new_shape)
+        new_shape = _shape_tuple(new_shape)
+        if prod(new_shape) != self.size:
+            raise ValueError(f"reshape: cannot reshape array of shape {self.shape} (size {self.size}) into {new_shape}")
+        base = self.compact()
+        return NDArray.make(new_shape, device=self.device, handle=base._handle, offset=base._offset)
+
+    def permute(self, new_axes):
+        new_axes = tuple(new_axes)
+        if not all(isinstance(a, (int, np.integer)) and -self.ndim <= a < self.ndim for a in new_axes) or sorted(
+            int(a) % self.ndim for a in new_axes
+        ) != list(range(self.ndim)):
+            raise ValueError(f"permute: {new_axes} is not a permutation of the axes of an array of shape {self.shape}")
+        new_axes = tuple(int(a) % self.ndim for a in new_axes)
+        return NDArray.make(
+            tuple(self.shape[a] for a in new_axes),
+            strides=tuple(self.strides[a] for a in new_axes),
+            device=self.device,
+            handle=self._handle,
+            offset=self._offset,
+        )
+
+    def broadcast_to(self, new_shape):
+        """View with stride 0 on broadcast dims (numpy rules, new leading dims allowed)."""
+        new_shape = _shape_tuple(new_shape)
+        lead = len(new_shape) - self.ndim
+        if lead < 0:
+            raise ValueError(f"broadcast_to: cannot broadcast {self.shape} to fewer dims {new_shape}")
+        strides = [0] * lead
+        for old, new, stride in zip(self.shape, new_shape[lead:], self.strides):
+            if old == new:
+                strides.append(stride)
+            elif old == 1:
+                strides.append(0)
+            else:
+                raise ValueError(f"broadcast_to: cannot broadcast {self.shape} to {new_shape}")
+        return NDArray.make(new_shape, strides=strides, device=self.device, handle=self._handle, offset=self._offset)
+
+    # ---- get and set elements --------------------------------------------
+    def process_slice(self, sl, dim):
+        """Slice with None/negative entries -> slice of explicit ints (numpy clamping)."""
+        n = self.shape[dim]
+        step = 1 if sl.step is None else sl.step
+        for v in (sl.start, sl.stop, step):
+            if v is not None and not isinstance(v, (int, np.integer)):
+                raise IndexError(f"slice entries must be integers or None, got {sl!r}")
+        if step <= 0:
+            raise ValueError(f"slice step must be > 0, got {step} in {sl!r} (use flip to reverse)")
+        start = 0 if sl.start is None else sl.start
+        stop = n if sl.stop is None else sl.stop
+        if start < 0:
+            start += n
+        if stop < 0:
+            stop += n
+        start = min(max(start, 0), n)
+        stop = min(max(stop, start), n)
+        return slice(int(start), int(stop), int(step))
+
+    def _expand_index(self, idxs):
+        if not isinstance(idxs, tuple):
+            idxs = (idxs,)
+        if any(i is Ellipsis for i in idxs):
+            if _sum(1 for i in idxs if i is Ellipsis) > 1:
+                raise IndexError("an index can only have a single ellipsis")
+            k = idxs.index(Ellipsis)
+            fill = self.ndim - (len(idxs) - 1)
+            idxs = idxs[:k] + (slice(None),) * max(fill, 0) + idxs[k + 1 :]
+        if len(idxs) > self.ndim:
+            raise IndexError(f"too many indices ({len(idxs)}) for an array of shape {self.shape}")
+        idxs = idxs + (slice(None),) * (self.ndim - len(idxs))
+        out = []
+        for dim, idx in enumerate(idxs):
+            if isinstance(idx, slice):
+                out.append(self.process_slice(idx, dim))
+            elif isinstance(idx, (int, np.integer)) and not isinstance(idx, bool):
+                n = self.shape[dim]
+                if not -n <= idx < n:
+                    raise IndexError(f"index {idx} is out of bounds for axis {dim} with size {n}")
+                idx = int(idx) % n
+                out.append(slice(idx, idx + 1, 1))
+            else:
+                raise IndexError(f"only integers, slices and ... are valid NDArray indices, got {idx!r}")
+        return tuple(out)
+
+    def __getitem__(self, idxs):
+        """Ints and slices (steps > 0); ints keep their dim with size 1."""
+        idxs = self._expand_index(idxs)
+        shape = tuple(max(0, (s.stop - s.start + s.step - 1) // s.step) for s in idxs)
+        strides = tuple(st * s.step for st, s in zip(self.strides, idxs))
+        offset = self._offset + _sum(st * s.start for st, s in zip(self.strides, idxs))
+        return NDArray.make(shape, strides=strides, device=self.device, handle=self._handle, offset=offset)
+
+    def __setitem__(self, idxs, other):
+        """In-place write through the view ``self[idxs]``: an array or a scalar."""
+        view = self[idxs]
+        if isinstance(other, np.ndarray):
+            other = NDArray(other, device=self.device)
+        if isinstance(other, NDArray):
+            if other.device != self.device:
+                raise ValueError(f"setitem: value is on {other.device}, array is on {self.device}")
+            if other.shape != view.shape and other.size != view.size:
+                try:
+                    other = other.broadcast_to(view.shape)
+                except ValueError:
+                    raise ValueError(
+                        f"setitem: cannot assign shape {other.shape} to a view of shape {view.shape}"
+                    ) from None
+            if view.size:
+                src = other.compact()
+                if src._handle is self._handle:
+                    src = other.copy()
+                self.device.ewise_setitem(src._handle, view._handle, list(view.shape), list(view.strides), view._offset)
+        elif _is_scalar(other):
+            if view.size:
+                self.device.scalar_setitem(
+                    view.size, float(other), view._handle, list(view.shape), list(view.strides), view._offset
+                )
+        else:
+            raise TypeError(f"setitem: value must be an NDArray, numpy array or number, got {type(other).__name__}")
+
+    # ---- elementwise and scalar functions ---------------------------------
+    def _check_same(self, other, what):
+        if other.device != self.device:
+            raise ValueError(f"{what}: arrays on different devices ({self.device} and {other.device})")
+        if other.shape != self.shape:
+            raise ValueError(f"{what}: shapes {self.shape} and {other.shape} differ (NDArray does not broadcast)")
+
+    def ewise_or_scalar(self, other, ewise_func, scalar_func, what="elementwise op"):
+        out = NDArray.make(self.shape, device=self.device)
+        if isinstance(other, NDArray):
+            self._check_same(other, what)
+            if out.size:
+                ewise_func(self.compact()._handle, other.compact()._handle, out._handle)
+        elif _is_scalar(other):
+            if out.size:
+                scalar_func(self.compact()._handle, float(other), out._handle)
+        else:
+            raise TypeError(f"{what}: operand must be an NDArray or a number, got {type(other).__name__}")
+        return out
+
+    def __add__(self, other):
+        return self.ewise_or_scalar(other, self.device.ewise_add, self.device.scalar_add, "add")
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return self + (-other)
+
+    def __rsub__(self, other):
+        return other + (-self)
+
+    def __mul__(self, other):
+        return self.ewise_or_scalar(other, self.device.ewise_mul, self.device.scalar_mul, "multiply")
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        return self.ewise_or_scalar(other, self.device.ewise_div, self.device.scalar_div, "divide")
+
+    def __rtruediv__(self, other):
+        if not _is_scalar(other):
+            raise TypeError(f"divide: operand must be an NDArray or a number, got {type(other).__name__}")
+        return full(self.shape, other, device=self.device) / self
+
+    def __neg__(self):
+        return self * (-1.0)
+
+    def __pow__(self, other):
+        return self.ewise_or_scalar(other, self.device.ewise_power, self.device.scalar_power, "power")
+
+    def maximum(self, other):
+        return self.ewise_or_scalar(other, self.device.ewise_maximum, self.device.scalar_maximum, "maximum")
+
+    # Comparisons return float32 0.0 / 1.0 arrays.
+    def __eq__(self, other):
+        return self.ewise_or_scalar(other, self.device.ewise_eq, self.device.scalar_eq, "eq")
+
+    def __ge__(self, other):
+        return self.ewise_or_scalar(other, self.device.ewise_ge, self.device.scalar_ge, "ge")
+
+    def __ne__(self, other):
+        return 1 - (self == other)
+
+    def __gt__(self, other):
+        return (self >= other) * (self != other)
+
+    def __lt__(self, other):
+        return 1 - (self >= other)
+
+    def __le__(self, other):
+        return 1 - (self > other)
+
+    __hash__ = None
+
+    def _unary(self, func):
+        out = NDArray.make(self.shape, device=self.device)
+        if out.size:
+            func(self.compact()._handle, out._handle)
+        return out
+
+    def log(self):
+        return self._unary(self.device.ewise_log)
+
+    def exp(self):
+        return self._unary(self.device.ewise_exp)
+
+    def tanh(self):
+        return self._unary(self.device.ewise_tanh)
+
+    # ---- matrix multiplication -------------------------------------------
+    def __matmul__(self, other):
+        """numpy matmul semantics: 1-D promoted, batch dims broadcast.
+
+        The backend's ``bmm`` reads both operands through their strides, so
+        transposed and broadcast views are multiplied without a copy.
+        """
+        if not isinstance(other, NDArray):
+            raise TypeError(f"matmul: operand must be an NDArray, got {type(other).__name__}")
+        if other.device != self.device:
+            raise ValueError(f"matmul: arrays on different devices ({self.device} and {other.device})")
+        if self.ndim == 0 or other.ndim == 0:
+            raise ValueError(f"matmul: 0-d operands are not allowed (shapes {self.shape} and {other.shape})")
+        a = self.reshape((1,) + self.shape) if self.ndim == 1 else self
+        b = other.reshape(other.shape + (1,)) if other.ndim == 1 else other
+        m, n = a.shape[-2:]
+        n2, p = b.shape[-2:]
+        if n != n2:
+            raise ValueError(f"matmul: shapes {self.shape} and {other.shape} are not aligned ({n} != {n2})")
+        batch_shape = _broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        a = a.broadcast_to(batch_shape + (m, n))
+        b = b.broadcast_to(batch_shape + (n, p))
+        a_batch = _merge_batch(a)
+        b_batch = _merge_batch(b)
+        if a_batch is None:
+            a = a.compact()
+            a_batch = _merge_batch(a)
+        if b_batch is None:
+            b = b.compact()
+            b_batch = _merge_batch(b)
+        batch = prod(batch_shape)
+        out = NDArray.make(batch_shape + (m, p), device=self.device)
+        if out.size:
+            if n == 0:
+                out.fill(0.0)
+            else:
+                self.device.bmm(
+                    a._handle, b._handle, out._handle, batch, m, n, p,
+                    [a_batch, a.strides[-2], a.strides[-1]], a._offset,
+                    [b_batch, b.strides[-2], b.strides[-1]], b._offset,
+                )
+        if self.ndim == 1:
+            out = out.reshape(out.shape[:-2] + (p,))
+        if other.ndim == 1:
+            out = out.reshape(out.shape[:-1])
+        return out
+
+    # ---- reductions -------------------------------------------------------
+    def _reduce(self, axis, keepdims, func, what):
+        axes = _normalize_axes(axis, self.ndim, what)
+        if self.ndim == 0:
+            axes = ()
+        keep = [i for i in range(self.ndim) if i not in axes]
+        view = self.permute(tuple(keep) + axes)
+        reduce_size = prod(self.shape[i] for i in axes)
+        out_shape = tuple(self.shape[i] for i in keep)
+        if keepdims:
+            out_shape = tuple(1 if i in axes else self.shape[i] for i in range(self.ndim))
+        elif axis is None:
+            out_shape = (1,)
+        out = NDArray.make(out_shape, device=self.device)
+        if out.size:
+            if reduce_size == 0:
+                if func is self.device.reduce_max:
+                    raise ValueError(f"{what}: zero-size reduction over axes {axes} of shape {self.shape}")
+                out.fill(0.0)
+            else:
+                func(view.compact()._handle, out._handle, reduce_size)
+        return out
+
+    def sum(self, axis=None, keepdims=False):
+        return self._reduce(axis, keepdims, self.device.reduce_sum, "sum")
+
+    def max(self, axis=None, keepdims=False):
+        return self._reduce(axis, keepdims, self.device.reduce_max, "max")
+
+    # ---- flip and pad -----------------------------------------------------
+    def flip(self, axes=None):
+        """A compact copy reversed along ``axes`` (negative strides, then compact)."""
+        axes = _normalize_axes(axes, self.ndim, "flip") if self.ndim else ()
+        strides = list(self.strides)
+        offset = self._offset
+        for ax in axes:
+            if self.shape[ax]:
+                offset += (self.shape[ax] - 1) * strides[ax]
+            strides[ax] = -strides[ax]
+        view = NDArray.make(self.shape, strides=strides, device=self.device, handle=self._handle, offset=offset)
+        return view.copy()
+
+    def pad(self, axes):
+        """Zero padding: ``axes`` holds a (left, right) pair for every dim, like np.pad."""
+        axes = tuple(tuple(p) for p in axes)
+        if len(axes) != self.ndim or any(len(p) != 2 for p in axes):
+            raise ValueError(f"pad: need one (left, right) pair per dim of shape {self.shape}, got {axes}")
+        if any(int(l) < 0 or int(r) < 0 for l, r in axes):
+            raise ValueError(f"pad: widths must be >= 0, got {axes}")
+        new_shape = tuple(n + l + r for n, (l, r) in zip(self.shape, axes))
+        out = full(new_shape, 0.0, device=self.device)
+        out[tuple(slice(l, l + n) for n, (l, _) in zip(self.shape, axes))] = self
+        return out
+
+
+def _merge_batch(a):
+    """The single stride of a's leading (batch) dims, or None if they do not merge."""
+    dims = [(n, s) for n, s in zip(a.shape[:-2], a.strides[:-2]) if n != 1]
+    if not dims:
+        return 0
+    stride = dims[-1][1]
+    expected = stride
+    for n, s in reversed(dims):
+        if s != expected:
+            return None
+        expected = s * n
+    return stride
+
+
+# ---- module-level API ------------------------------------------------------
+def array(a, dtype="float32", device=None):
+    """An NDArray copy of ``a`` (float32 whatever ``dtype`` says, per the backend contract)."""
+    return NDArray(a, device=device)
+
+
+def empty(shape, dtype="float32", device=None):
+    device = default_device() if device is None else device
+    return device.empty(shape, dtype)
+
+
+def full(shape, fill_value, dtype="float32", device=None):
+    device = default_device() if device is None else device
+    return device.full(shape, fill_value, dtype)
+
+
+def broadcast_to(array, new_shape):
+    return array.broadcast_to(new_shape)
+
+
+def reshape(array, new_shape):
+    return array.reshape(new_shape)
+
+
+def maximum(a, b):
+    return a.maximum(b)
+
+
+def log(a):
+    return a.log()
+
+
+def exp(a):
+    return a.exp()
+
+
+def tanh(a):
+    return a.tanh()
+
+
+def sum(a, axis=None, keepdims=False):
+    return a.sum(axis=axis, keepdims=keepdims)
+
+
+def flip(a, axes):
+    return a.flip(axes)
+
+
+def stack(arrays, axis=0):
+    """Join same-shape arrays along a new axis."""
+    arrays = list(arrays)
+    if not arrays:
+        raise ValueError("stack: need at least one array")
+    shape, device = arrays[0].shape, arrays[0].device
+    for i, a in enumerate(arrays):
+        if a.shape != shape:
+            raise ValueError(f"stack: array {i} has shape {a.shape}, expected {shape}")
+        if a.device != device:
+            raise ValueError(f"stack: array {i} is on {a.device}, expected {device}")
+    if not -len(shape) - 1 <= axis <= len(shape):
+        raise ValueError(f"stack: axis {axis} out of range for {len(shape) + 1}-d result")
+    axis %= len(shape) + 1
+    out = empty(shape[:axis] + (len(arrays),) + shape[axis:], device=device)
+    for i, a in enumerate(arrays):
+        out[(slice(None),) * axis + (i,)] = a
+    return out

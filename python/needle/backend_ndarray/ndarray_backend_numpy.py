@@ -1,0 +1,183 @@
+"""Pure-numpy backend: the living definition of every backend function.
+
+The compiled modules (``ndarray_backend_cpu``, ``ndarray_backend_cuda``) export
+exactly these names with these signatures; ``tests/test_backend_table.py``
+checks that. Buffers are flat float32; shapes, strides and offsets are in
+elements, strides may be negative (flip) or zero (broadcast).
+"""
+import numpy as np
+
+__device_name__ = "numpy"
+__tile_size__ = 8
+
+_DTYPE = np.float32
+
+
+class Array:
+    """A flat float32 buffer of ``size`` elements."""
+
+    def __init__(self, size):
+        size = int(size)
+        if size < 0:
+            raise ValueError(f"Array size must be >= 0, got {size}")
+        self.array = np.empty(size, dtype=_DTYPE)
+
+    @property
+    def size(self):
+        return self.array.size
+
+    def ptr(self):
+        return self.array.ctypes.data
+
+
+def _view(a, shape, strides, offset):
+    """Strided view of the flat buffer ``a`` (strides in elements)."""
+    item = a.array.itemsize
+    base = a.array[offset:] if offset else a.array
+    if len(shape) and 0 in shape:
+        return np.empty(tuple(shape), dtype=_DTYPE)
+    return np.lib.stride_tricks.as_strided(
+        base, tuple(shape), tuple(int(s) * item for s in strides)
+    )
+
+
+def to_numpy(a, shape, strides, offset):
+    return np.array(_view(a, shape, strides, offset), dtype=_DTYPE, copy=True)
+
+
+def from_numpy(a, out):
+    flat = np.ascontiguousarray(a, dtype=_DTYPE).reshape(-1)
+    if flat.size != out.size:
+        raise ValueError(f"from_numpy: source has {flat.size} elements, buffer has {out.size}")
+    out.array[:] = flat
+
+
+def fill(out, val):
+    out.array[:] = val
+
+
+def compact(a, out, shape, strides, offset):
+    """a is strided (shape, strides, offset); out is compact with prod(shape) elements."""
+    out.array[:] = _view(a, shape, strides, offset).reshape(-1)
+
+
+def ewise_setitem(a, out, shape, strides, offset):
+    """a is compact with prod(shape) elements; writes into the strided view of out."""
+    n = int(np.prod(shape)) if len(shape) else 1
+    if n == 0:
+        return
+    view = _view(out, shape, strides, offset)
+    view[...] = a.array[:n].reshape(shape)
+
+
+def scalar_setitem(size, val, out, shape, strides, offset):
+    if size == 0:
+        return
+    _view(out, shape, strides, offset)[...] = val
+
+
+def ewise_add(a, b, out):
+    out.array[:] = a.array + b.array
+
+
+def scalar_add(a, val, out):
+    out.array[:] = a.array + val
+
+
+def ewise_mul(a, b, out):
+    out.array[:] = a.array * b.array
+
+
+def scalar_mul(a, val, out):
+    out.array[:] = a.array * val
+
+
+def ewise_div(a, b, out):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out.array[:] = a.array / b.array
+
+
+def scalar_div(a, val, out):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out.array[:] = a.array / np.float32(val)
+
+
+def ewise_power(a, b, out):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out.array[:] = np.power(a.array, b.array)
+
+
+def scalar_power(a, val, out):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out.array[:] = np.power(a.array, np.float32(val))
+
+
+def ewise_maximum(a, b, out):
+    out.array[:] = np.maximum(a.array, b.array)
+
+
+def scalar_maximum(a, val, out):
+    out.array[:] = np.maximum(a.array, np.float32(val))
+
+
+def ewise_eq(a, b, out):
+    out.array[:] = a.array == b.array
+
+
+def scalar_eq(a, val, out):
+    out.array[:] = a.array == np.float32(val)
+
+
+def ewise_ge(a, b, out):
+    out.array[:] = a.array >= b.array
+
+
+def scalar_ge(a, val, out):
+    out.array[:] = a.array >= np.float32(val)
+
+
+def ewise_log(a, out):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out.array[:] = np.log(a.array)
+
+
+def ewise_exp(a, out):
+    with np.errstate(over="ignore"):
+        out.array[:] = np.exp(a.array)
+
+
+def ewise_tanh(a, out):
+    out.array[:] = np.tanh(a.array)
+
+
+def matmul(a, b, out, m, n, p):
+    """a is (m, n) compact, b is (n, p) compact, out is (m, p) compact."""
+    out.array[: m * p] = (a.array[: m * n].reshape(m, n) @ b.array[: n * p].reshape(n, p)).reshape(-1)
+
+
+def bmm(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset):
+    """Batched matmul over strided operands.
+
+    a is (batch, m, n) with element strides ``a_strides`` from ``a_offset``,
+    b is (batch, n, p) likewise, out is (batch, m, p) compact. A zero batch
+    stride broadcasts one operand across the batch.
+    """
+    av = _view(a, (batch, m, n), a_strides, a_offset)
+    bv = _view(b, (batch, n, p), b_strides, b_offset)
+    out.array[: batch * m * p] = np.matmul(av, bv).reshape(-1)
+
+
+def bmm_naive(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset):
+    """Reference for ``bmm`` (in the compiled backends: the plain triple loop)."""
+    bmm(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset)
+
+
+def reduce_max(a, out, reduce_size):
+    """a is compact (out.size * reduce_size); reduces contiguous runs of reduce_size."""
+    n = out.size
+    out.array[:] = a.array[: n * reduce_size].reshape(n, reduce_size).max(axis=1)
+
+
+def reduce_sum(a, out, reduce_size):
+    n = out.size
+    out.array[:] = a.array[: n * reduce_size].reshape(n, reduce_size).sum(axis=1)

@@ -1,0 +1,493 @@
+// CPU backend of needle's NDArray: flat float32 buffers and the kernels that
+// read and write them. The function table mirrors
+// python/needle/backend_ndarray/ndarray_backend_numpy.py exactly.
+//
+// Every entry point checks sizes, shapes and strided extents before touching
+// memory, so a bad call is a Python exception rather than a wild access.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu_gemm.h"
+
+namespace needle {
+namespace cpu {
+
+namespace py = pybind11;
+using Shape = std::vector<int64_t>;
+
+constexpr size_t kAlignment = 256;
+constexpr int64_t kTile = 8;
+// Below this many elements a loop stays on one thread: waking the team costs
+// more than the work.
+constexpr int64_t kParallelThreshold = 1 << 15;
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << (s.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+// ---------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------
+struct AlignedArray {
+  explicit AlignedArray(int64_t size) : size(size) {
+    if (size < 0) throw std::invalid_argument("Array size must be >= 0, got " + std::to_string(size));
+    size_t bytes = std::max<size_t>(kAlignment, ((size_t(size) * sizeof(float) + kAlignment - 1) / kAlignment) * kAlignment);
+    ptr = static_cast<float*>(std::aligned_alloc(kAlignment, bytes));
+    if (ptr == nullptr) throw std::bad_alloc();
+  }
+  ~AlignedArray() { std::free(ptr); }
+  AlignedArray(const AlignedArray&) = delete;
+  AlignedArray& operator=(const AlignedArray&) = delete;
+  size_t ptr_as_int() const { return reinterpret_cast<size_t>(ptr); }
+
+  float* ptr;
+  int64_t size;
+};
+
+int num_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("set_num_threads: need n >= 1, got " + std::to_string(n));
+#ifdef _OPENMP
+  omp_set_num_threads(n);
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// Compact and setitem
+// ---------------------------------------------------------------------------
+// A strided view reduced to its essentials: size-1 dims dropped and adjacent
+// dims merged where the layout allows, so e.g. an im2col view's contiguous
+// (kw, C) tail becomes one long unit-stride run.
+struct StridedView {
+  Shape shape;
+  Shape strides;
+  int64_t offset;
+  int64_t size;
+};
+
+StridedView simplify(const Shape& shape, const Shape& strides, int64_t offset) {
+  StridedView v{{}, {}, offset, 1};
+  for (size_t i = 0; i < shape.size(); ++i) v.size *= shape[i];
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] == 1) continue;
+    if (!v.shape.empty() && v.strides.back() == strides[i] * shape[i]) {
+      v.shape.back() *= shape[i];
+      v.strides.back() = strides[i];
+    } else {
+      v.shape.push_back(shape[i]);
+      v.strides.push_back(strides[i]);
+    }
+  }
+  if (v.shape.empty()) {
+    v.shape.push_back(1);
+    v.strides.push_back(1);
+  }
+  return v;
+}
+
+void check_view(const char* fn, const Shape& shape, const Shape& strides, int64_t offset, int64_t buffer_size) {
+  if (shape.size() != strides.size())
+    throw std::invalid_argument(std::string(fn) + ": shape " + shape_str(shape) + " and strides " + shape_str(strides) +
+                                " differ in length");
+  int64_t size = 1, lo = offset, hi = offset;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 0) throw std::invalid_argument(std::string(fn) + ": negative dim in shape " + shape_str(shape));
+    size *= shape[i];
+  }
+  if (size == 0) return;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    int64_t reach = (shape[i] - 1) * strides[i];
+    (reach < 0 ? lo : hi) += reach;
+  }
+  if (lo < 0 || hi >= buffer_size)
+    throw std::out_of_range(std::string(fn) + ": view of shape " + shape_str(shape) + ", strides " + shape_str(strides) +
+                            ", offset " + std::to_string(offset) + " reaches elements [" + std::to_string(lo) + ", " +
+                            std::to_string(hi) + "] outside a buffer of " + std::to_string(buffer_size));
+}
+
+// Calls body(flat_index, strided_offset, run_length, run_stride) for each
+// innermost run of the view, splitting the runs across threads when large.
+template <typename Body>
+void for_each_run(const StridedView& v, Body body) {
+  const int ndim = static_cast<int>(v.shape.size());
+  const int64_t inner = v.shape[ndim - 1];
+  const int64_t inner_stride = v.strides[ndim - 1];
+  const int64_t runs = v.size / inner;
+#pragma omp parallel if (v.size > kParallelThreshold && runs > 1)
+  {
+#ifdef _OPENMP
+    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+#else
+    const int64_t nt = 1, tid = 0;
+#endif
+    const int64_t begin = runs * tid / nt, end = runs * (tid + 1) / nt;
+    if (begin < end) {
+      Shape idx(ndim, 0);
+      int64_t rem = begin, off = v.offset;
+      for (int d = ndim - 2; d >= 0; --d) {
+        idx[d] = rem % v.shape[d];
+        rem /= v.shape[d];
+        off += idx[d] * v.strides[d];
+      }
+      for (int64_t r = begin; r < end; ++r) {
+        body(r * inner, off, inner, inner_stride);
+        for (int d = ndim - 2; d >= 0; --d) {
+          off += v.strides[d];
+          if (++idx[d] < v.shape[d]) break;
+          off -= idx[d] * v.strides[d];
+          idx[d] = 0;
+        }
+      }
+    }
+  }
+}
+
+void Compact(const AlignedArray& a, AlignedArray* out, Shape shape, Shape strides, int64_t offset) {
+  // a is strided (shape, strides, offset); out is compact with prod(shape) elements.
+  check_view("compact", shape, strides, offset, a.size);
+  StridedView v = simplify(shape, strides, offset);
+  if (v.size != out->size)
+    throw std::invalid_argument("compact: view of shape " + shape_str(shape) + " has " + std::to_string(v.size) +
+                                " elements, out has " + std::to_string(out->size));
+  if (v.size == 0) return;
+  const float* src = a.ptr;
+  float* dst = out->ptr;
+  for_each_run(v, [&](int64_t i, int64_t off, int64_t n, int64_t s) {
+    if (s == 1) {
+      std::memcpy(dst + i, src + off, size_t(n) * sizeof(float));
+    } else {
+      for (int64_t k = 0; k < n; ++k) dst[i + k] = src[off + k * s];
+    }
+  });
+}
+
+void EwiseSetitem(const AlignedArray& a, AlignedArray* out, Shape shape, Shape strides, int64_t offset) {
+  // a is compact with prod(shape) elements; out is written through the strided view.
+  check_view("ewise_setitem", shape, strides, offset, out->size);
+  StridedView v = simplify(shape, strides, offset);
+  if (v.size > a.size)
+    throw std::invalid_argument("ewise_setitem: view of shape " + shape_str(shape) + " needs " +
+                                std::to_string(v.size) + " elements, source has " + std::to_string(a.size));
+  if (v.size == 0) return;
+  const float* src = a.ptr;
+  float* dst = out->ptr;
+  for_each_run(v, [&](int64_t i, int64_t off, int64_t n, int64_t s) {
+    if (s == 1) {
+      std::memmove(dst + off, src + i, size_t(n) * sizeof(float));
+    } else {
+      for (int64_t k = 0; k < n; ++k) dst[off + k * s] = src[i + k];
+    }
+  });
+}
+
+void ScalarSetitem(int64_t size, float val, AlignedArray* out, Shape shape, Shape strides, int64_t offset) {
+  // Writes val into every element of the strided view of out.
+  check_view("scalar_setitem", shape, strides, offset, out->size);
+  StridedView v = simplify(shape, strides, offset);
+  if (v.size != size)
+    throw std::invalid_argument("scalar_setitem: size " + std::to_string(size) + " does not match shape " +
+                                shape_str(shape));
+  if (v.size == 0) return;
+  float* dst = out->ptr;
+  for_each_run(v, [&](int64_t, int64_t off, int64_t n, int64_t s) {
+    for (int64_t k = 0; k < n; ++k) dst[off + k * s] = val;
+  });
+}
+
+void Fill(AlignedArray* out, float val) {
+  float* o = out->ptr;
+  const int64_t n = out->size;
+#pragma omp parallel for simd schedule(static) if (n > kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) o[i] = val;
+}
+
+// ---------------------------------------------------------------------------
+// Elementwise and scalar operations
+// ---------------------------------------------------------------------------
+struct Add { float operator()(float x, float y) const { return x + y; } };
+struct Mul { float operator()(float x, float y) const { return x * y; } };
+struct Div { float operator()(float x, float y) const { return x / y; } };
+struct Power { float operator()(float x, float y) const { return std::pow(x, y); } };
+struct Maximum { float operator()(float x, float y) const { return x > y || std::isnan(x) ? x : y; } };
+struct Eq { float operator()(float x, float y) const { return x == y ? 1.0f : 0.0f; } };
+struct Ge { float operator()(float x, float y) const { return x >= y ? 1.0f : 0.0f; } };
+struct Log { float operator()(float x) const { return std::log(x); } };
+struct Exp { float operator()(float x) const { return std::exp(x); } };
+struct Tanh { float operator()(float x) const { return std::tanh(x); } };
+
+void check_same_size(const char* fn, int64_t a, int64_t out) {
+  if (a != out)
+    throw std::invalid_argument(std::string(fn) + ": input has " + std::to_string(a) + " elements, out has " +
+                                std::to_string(out));
+}
+
+template <typename F>
+void ewise(const char* fn, const AlignedArray& a, const AlignedArray& b, AlignedArray* out) {
+  check_same_size(fn, a.size, out->size);
+  check_same_size(fn, b.size, out->size);
+  const float* x = a.ptr;
+  const float* y = b.ptr;
+  float* o = out->ptr;
+  const int64_t n = out->size;
+  F f;
+#pragma omp parallel for simd schedule(static) if (n > kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
+}
+
+template <typename F>
+void scalar(const char* fn, const AlignedArray& a, float val, AlignedArray* out) {
+  check_same_size(fn, a.size, out->size);
+  const float* x = a.ptr;
+  float* o = out->ptr;
+  const int64_t n = out->size;
+  F f;
+#pragma omp parallel for simd schedule(static) if (n > kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], val);
+}
+
+template <typename F>
+void unary(const char* fn, const AlignedArray& a, AlignedArray* out) {
+  check_same_size(fn, a.size, out->size);
+  const float* x = a.ptr;
+  float* o = out->ptr;
+  const int64_t n = out->size;
+  F f;
+#pragma omp parallel for simd schedule(static) if (n > kParallelThreshold)
+  for (int64_t i = 0; i < n; ++i) o[i] = f(x[i]);
+}
+
+// ---------------------------------------------------------------------------
+// Reductions
+// ---------------------------------------------------------------------------
+void check_reduce(const char* fn, const AlignedArray& a, const AlignedArray& out, int64_t reduce_size) {
+  if (reduce_size < 1) throw std::invalid_argument(std::string(fn) + ": reduce_size must be >= 1");
+  if (a.size < out.size * reduce_size)
+    throw std::invalid_argument(std::string(fn) + ": input has " + std::to_string(a.size) + " elements, need " +
+                                std::to_string(out.size) + " x " + std::to_string(reduce_size));
+}
+
+void ReduceSum(const AlignedArray& a, AlignedArray* out, int64_t reduce_size) {
+  // a is (out.size, reduce_size) compact; out[i] = sum of row i.
+  check_reduce("reduce_sum", a, *out, reduce_size);
+  const int64_t rows = out->size;
+  const float* x = a.ptr;
+  if (rows == 1) {
+    float acc = 0.0f;
+#pragma omp parallel for simd reduction(+ : acc) schedule(static) if (reduce_size > kParallelThreshold)
+    for (int64_t k = 0; k < reduce_size; ++k) acc += x[k];
+    out->ptr[0] = acc;
+    return;
+  }
+#pragma omp parallel for schedule(static) if (rows * reduce_size > kParallelThreshold)
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* r = x + i * reduce_size;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t k = 0; k < reduce_size; ++k) acc += r[k];
+    out->ptr[i] = acc;
+  }
+}
+
+void ReduceMax(const AlignedArray& a, AlignedArray* out, int64_t reduce_size) {
+  // a is (out.size, reduce_size) compact; out[i] = max of row i.
+  check_reduce("reduce_max", a, *out, reduce_size);
+  const int64_t rows = out->size;
+  const float* x = a.ptr;
+#pragma omp parallel for schedule(static) if (rows * reduce_size > kParallelThreshold)
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* r = x + i * reduce_size;
+    float acc = r[0];
+    for (int64_t k = 1; k < reduce_size; ++k) acc = (r[k] > acc || std::isnan(r[k])) ? r[k] : acc;
+    out->ptr[i] = acc;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Matrix multiplication
+// ---------------------------------------------------------------------------
+void check_matmul_sizes(const char* fn, const AlignedArray& a, const AlignedArray& b, const AlignedArray& out,
+                        int64_t m, int64_t n, int64_t p) {
+  if (m < 0 || n < 0 || p < 0) throw std::invalid_argument(std::string(fn) + ": negative dimension");
+  if (a.size < m * n || b.size < n * p || out.size < m * p)
+    throw std::invalid_argument(std::string(fn) + ": buffers of " + std::to_string(a.size) + ", " +
+                                std::to_string(b.size) + ", " + std::to_string(out.size) +
+                                " elements are too small for (" + std::to_string(m) + " x " + std::to_string(n) +
+                                ") @ (" + std::to_string(n) + " x " + std::to_string(p) + ")");
+}
+
+void Matmul(const AlignedArray& a, const AlignedArray& b, AlignedArray* out, int64_t m, int64_t n, int64_t p) {
+  // a is (m, n) compact, b is (n, p) compact, out is (m, p) compact.
+  check_matmul_sizes("matmul", a, b, *out, m, n, p);
+  if (m * p == 0) return;
+  sgemm(m, p, n, a.ptr, n, 1, b.ptr, p, 1, out->ptr, p);
+}
+
+using GemmFn = void (*)(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, int64_t,
+                        float*, int64_t);
+
+void batched(const char* fn, GemmFn gemm, const AlignedArray& a, const AlignedArray& b, AlignedArray* out,
+             int64_t batch, int64_t m, int64_t n, int64_t p, Shape sa, int64_t oa, Shape sb, int64_t ob) {
+  // a is (batch, m, n) strided by sa from oa, b is (batch, n, p) strided by sb
+  // from ob, out is (batch, m, p) compact. A batch stride of 0 broadcasts.
+  if (sa.size() != 3 || sb.size() != 3)
+    throw std::invalid_argument(std::string(fn) + ": a_strides and b_strides need 3 entries (batch, row, col)");
+  if (batch < 0 || m < 0 || n < 0 || p < 0) throw std::invalid_argument(std::string(fn) + ": negative dimension");
+  check_view(fn, {batch, m, n}, sa, oa, a.size);
+  check_view(fn, {batch, n, p}, sb, ob, b.size);
+  if (out->size != batch * m * p)
+    throw std::invalid_argument(std::string(fn) + ": out has " + std::to_string(out->size) + " elements, need " +
+                                std::to_string(batch * m * p));
+  if (batch * m * p == 0) return;
+  if (n == 0) {
+    std::fill(out->ptr, out->ptr + out->size, 0.0f);
+    return;
+  }
+  // Many small products (attention heads) parallelise over the batch; a few
+  // large ones let the GEMM use the threads.
+  const bool over_batch = batch >= num_threads() && m * n * p < (1 << 20);
+#pragma omp parallel for schedule(dynamic) if (over_batch && batch > 1)
+  for (int64_t i = 0; i < batch; ++i) {
+    gemm(m, p, n, a.ptr + oa + i * sa[0], sa[1], sa[2], b.ptr + ob + i * sb[0], sb[1], sb[2],
+         out->ptr + i * m * p, p);
+  }
+}
+
+void Bmm(const AlignedArray& a, const AlignedArray& b, AlignedArray* out, int64_t batch, int64_t m, int64_t n,
+         int64_t p, Shape sa, int64_t oa, Shape sb, int64_t ob) {
+  batched("bmm", sgemm, a, b, out, batch, m, n, p, sa, oa, sb, ob);
+}
+
+void BmmNaive(const AlignedArray& a, const AlignedArray& b, AlignedArray* out, int64_t batch, int64_t m,
+              int64_t n, int64_t p, Shape sa, int64_t oa, Shape sb, int64_t ob) {
+  batched("bmm_naive", sgemm_naive, a, b, out, batch, m, n, p, sa, oa, sb, ob);
+}
+
+void MatmulTiled(const AlignedArray& a, const AlignedArray& b, AlignedArray* out, int64_t m, int64_t n, int64_t p) {
+  // a is (m/T, n/T, T, T), b is (n/T, p/T, T, T), out is (m/T, p/T, T, T); all
+  // compact, dims multiples of T. Kept for the course's tiled-layout path.
+  check_matmul_sizes("matmul_tiled", a, b, *out, m, n, p);
+  if (m % kTile || n % kTile || p % kTile)
+    throw std::invalid_argument("matmul_tiled: dims (" + std::to_string(m) + ", " + std::to_string(n) + ", " +
+                                std::to_string(p) + ") must be multiples of " + std::to_string(kTile));
+  const int64_t mt = m / kTile, nt = n / kTile, pt = p / kTile;
+  std::fill(out->ptr, out->ptr + m * p, 0.0f);
+#pragma omp parallel for collapse(2) schedule(static) if (m * n * p > (1 << 18))
+  for (int64_t i = 0; i < mt; ++i) {
+    for (int64_t j = 0; j < pt; ++j) {
+      float* o = out->ptr + (i * pt + j) * kTile * kTile;
+      for (int64_t k = 0; k < nt; ++k) {
+        const float* x = a.ptr + (i * nt + k) * kTile * kTile;
+        const float* y = b.ptr + (k * pt + j) * kTile * kTile;
+        for (int64_t r = 0; r < kTile; ++r)
+          for (int64_t s = 0; s < kTile; ++s)
+#pragma omp simd
+            for (int64_t c = 0; c < kTile; ++c) o[r * kTile + c] += x[r * kTile + s] * y[s * kTile + c];
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace needle
+
+// ---------------------------------------------------------------------------
+// Bindings
+// ---------------------------------------------------------------------------
+PYBIND11_MODULE(ndarray_backend_cpu, m) {
+  namespace py = pybind11;
+  using namespace needle::cpu;
+
+  m.attr("__device_name__") = "cpu";
+  m.attr("__tile_size__") = kTile;
+
+  if (const char* env = std::getenv("NEEDLE_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n >= 1) set_num_threads(n);
+  }
+
+  py::class_<AlignedArray>(m, "Array")
+      .def(py::init<int64_t>(), py::return_value_policy::take_ownership)
+      .def("ptr", &AlignedArray::ptr_as_int)
+      .def_readonly("size", &AlignedArray::size);
+
+  m.def("to_numpy", [](const AlignedArray& a, Shape shape, Shape strides, int64_t offset) {
+    check_view("to_numpy", shape, strides, offset, a.size);
+    int64_t size = 1;
+    for (auto s : shape) size *= s;
+    py::array_t<float> result(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    if (size == 0) return result;
+    AlignedArray tmp(size);
+    Compact(a, &tmp, shape, strides, offset);
+    std::memcpy(result.mutable_data(), tmp.ptr, size_t(size) * sizeof(float));
+    return result;
+  });
+  m.def("from_numpy", [](py::array_t<float, py::array::c_style | py::array::forcecast> a, AlignedArray* out) {
+    if (a.size() != out->size)
+      throw std::invalid_argument("from_numpy: source has " + std::to_string(a.size()) + " elements, buffer has " +
+                                  std::to_string(out->size));
+    std::memcpy(out->ptr, a.data(), size_t(out->size) * sizeof(float));
+  });
+
+  m.def("fill", Fill);
+  m.def("compact", Compact);
+  m.def("ewise_setitem", EwiseSetitem);
+  m.def("scalar_setitem", ScalarSetitem);
+
+  m.def("ewise_add", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Add>("ewise_add", a, b, o); });
+  m.def("scalar_add", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Add>("scalar_add", a, v, o); });
+  m.def("ewise_mul", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Mul>("ewise_mul", a, b, o); });
+  m.def("scalar_mul", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Mul>("scalar_mul", a, v, o); });
+  m.def("ewise_div", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Div>("ewise_div", a, b, o); });
+  m.def("scalar_div", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Div>("scalar_div", a, v, o); });
+  m.def("ewise_power", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Power>("ewise_power", a, b, o); });
+  m.def("scalar_power", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Power>("scalar_power", a, v, o); });
+  m.def("ewise_maximum", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Maximum>("ewise_maximum", a, b, o); });
+  m.def("scalar_maximum", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Maximum>("scalar_maximum", a, v, o); });
+  m.def("ewise_eq", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Eq>("ewise_eq", a, b, o); });
+  m.def("scalar_eq", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Eq>("scalar_eq", a, v, o); });
+  m.def("ewise_ge", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Ge>("ewise_ge", a, b, o); });
+  m.def("scalar_ge", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Ge>("scalar_ge", a, v, o); });
+
+  m.def("ewise_log", [](const AlignedArray& a, AlignedArray* o) { unary<Log>("ewise_log", a, o); });
+  m.def("ewise_exp", [](const AlignedArray& a, AlignedArray* o) { unary<Exp>("ewise_exp", a, o); });
+  m.def("ewise_tanh", [](const AlignedArray& a, AlignedArray* o) { unary<Tanh>("ewise_tanh", a, o); });
+
+  m.def("matmul", Matmul);
+  m.def("matmul_tiled", MatmulTiled);
+  m.def("bmm", Bmm);
+  m.def("bmm_naive", BmmNaive);
+
+  m.def("reduce_max", ReduceMax);
+  m.def("reduce_sum", ReduceSum);
+
+  m.def("set_num_threads", set_num_threads, "Threads used by the kernels (default: NEEDLE_NUM_THREADS or all cores).");
+  m.def("get_num_threads", num_threads);
+  m.def("sgemm_kernel_name", sgemm_kernel_name);
+}
