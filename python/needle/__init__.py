@@ -1,7 +1,7 @@
 """needle: a small, fast deep-learning framework (course-compatible API)."""
 from . import ops
 from .ops import *
-from .autograd import Tensor, cpu, all_devices
+from .autograd import Tensor, cpu, all_devices, no_grad
 from . import init
 from .init import ones, zeros, zeros_like, ones_like
 from . import data

@@ -1,0 +1,420 @@
+"""Reverse-mode automatic differentiation.
+
+A ``Value`` is a node of the computational graph: the ``op`` that made it, its
+``inputs`` and its ``cached_data`` (an array of the active backend). Ops run
+eagerly; a result that needs no gradient (no input requires one, or inside
+``no_grad()``) is returned detached, so constant work builds no graph.
+
+``backward()`` walks the graph once in reverse topological order (an explicit
+stack, so a 10,000-deep chain is fine) and sums the partial adjoints of each
+node. Adjoints are built from needle ops, so a leaf's ``.grad`` has a graph of
+its own and can be differentiated again (grad of grad). Each ``backward()``
+call OVERWRITES ``.grad`` (it does not add to the previous value); sum the
+gradients yourself if you need accumulation across calls. Non-leaf nodes get a
+detached ``.grad``: it would otherwise refer back to the node through its own
+graph, a reference cycle that keeps activations alive until the cyclic GC runs.
+"""
+import contextlib
+import operator
+from functools import reduce
+from typing import List, Optional
+
+import numpy
+
+import needle
+from .backend_selection import BACKEND, Device, NDArray, all_devices, array_api, cpu, default_device  # noqa: F401 (re-exported)
+
+LAZY_MODE = False
+TENSOR_COUNTER = 0
+_GRAD_ENABLED = True
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager (and decorator): ops inside it record no graph."""
+
+    def __init__(self):
+        self._saved = []
+
+    def __enter__(self):
+        global _GRAD_ENABLED
+        self._saved.append(_GRAD_ENABLED)
+        _GRAD_ENABLED = False
+        return self
+
+    def __exit__(self, *exc):
+        global _GRAD_ENABLED
+        _GRAD_ENABLED = self._saved.pop()
+        return False
+
+
+def is_grad_enabled():
+    return _GRAD_ENABLED
+
+
+class Op:
+    """Operator definition: ``compute`` on arrays, ``gradient`` in needle ops."""
+
+    def __call__(self, *args):
+        raise NotImplementedError()
+
+    def compute(self, *args):
+        """Forward pass on backend arrays (numpy or NDArray); returns an array."""
+        raise NotImplementedError()
+
+    def gradient(self, out_grad, node):
+        """Adjoint of each input given ``out_grad``, the adjoint of ``node``; Value or tuple."""
+        raise NotImplementedError()
+
+    def gradient_as_tuple(self, out_grad, node):
+        output = self.gradient(out_grad, node)
+        if isinstance(output, tuple):
+            return output
+        if isinstance(output, list):
+            return tuple(output)
+        return (output,)
+
+
+class TensorOp(Op):
+    """An op whose output is a Tensor."""
+
+    def __call__(self, *args):
+        return Tensor.make_from_op(self, args)
+
+
+class TensorTupleOp(Op):
+    """An op whose output is a TensorTuple."""
+
+    def __call__(self, *args):
+        return TensorTuple.make_from_op(self, args)
+
+
+def _check_inputs(op, inputs):
+    """Inputs must be Values on one device: clear TypeError/ValueError otherwise."""
+    name = type(op).__name__
+    device = None
+    for i, x in enumerate(inputs):
+        if not isinstance(x, Value):
+            raise TypeError(f"{name}: input {i} must be a Tensor, got {type(x).__name__}")
+        if BACKEND == "nd" and isinstance(x, Tensor):
+            d = x.realize_cached_data().device
+            if device is None:
+                device = d
+            elif d is not device and d != device:
+                shapes = ", ".join(f"{tuple(t.shape)} on {t.device}" for t in inputs if isinstance(t, Tensor))
+                raise ValueError(f"{name}: inputs are on different devices ({shapes})")
+
+
+class Value:
+    """A node in the computational graph."""
+
+    op: Optional[Op]
+    inputs: List["Value"]
+    cached_data: NDArray
+    requires_grad: bool
+    grad = None  # set by backward()
+
+    def realize_cached_data(self):
+        """The node's array, computed (once) from its inputs if needed."""
+        if self.cached_data is not None:
+            return self.cached_data
+        data = self.op.compute(*[x.realize_cached_data() for x in self.inputs])
+        if array_api is numpy and not isinstance(data, (numpy.ndarray, tuple)):
+            data = numpy.asarray(data)  # numpy turns 0-d results into scalars
+        self.cached_data = data
+        return self.cached_data
+
+    def is_leaf(self):
+        return self.op is None
+
+    def __del__(self):
+        global TENSOR_COUNTER
+        TENSOR_COUNTER -= 1
+
+    def _init(self, op, inputs, *, num_outputs=1, cached_data=None, requires_grad=None):
+        global TENSOR_COUNTER
+        TENSOR_COUNTER += 1
+        if requires_grad is None:
+            requires_grad = _GRAD_ENABLED and any(x.requires_grad for x in inputs)
+        self.op = op
+        self.inputs = list(inputs)
+        self.num_outputs = num_outputs
+        self.cached_data = cached_data
+        self.requires_grad = bool(requires_grad)
+
+    @classmethod
+    def make_const(cls, data, *, requires_grad=False):
+        value = cls.__new__(cls)
+        value._init(None, [], cached_data=data, requires_grad=requires_grad)
+        return value
+
+    @classmethod
+    def make_from_op(cls, op, inputs):
+        _check_inputs(op, inputs)
+        value = cls.__new__(cls)
+        value._init(op, inputs)
+        if not LAZY_MODE:
+            value.realize_cached_data()
+            if not value.requires_grad:
+                # Same as detach(): a constant keeps no graph.
+                value.op, value.inputs = None, []
+        return value
+
+
+class TensorTuple(Value):
+    """A tuple of tensors produced by one op (split, make_tuple, ...)."""
+
+    def __len__(self):
+        return len(self.realize_cached_data())
+
+    def __getitem__(self, index):
+        n = len(self)
+        if not isinstance(index, (int, numpy.integer)):
+            raise TypeError(f"TensorTuple indices must be integers, got {type(index).__name__}")
+        if not -n <= index < n:
+            raise IndexError(f"TensorTuple index {index} out of range for length {n}")
+        return needle.ops.tuple_get_item(self, int(index) % n)
+
+    def tuple(self):
+        return tuple(self[i] for i in range(len(self)))
+
+    def __repr__(self):
+        return "needle.TensorTuple" + str(self.tuple())
+
+    def __str__(self):
+        return self.__repr__()
+
+    def __add__(self, other):
+        if not isinstance(other, TensorTuple) or len(other) != len(self):
+            raise ValueError(f"TensorTuple add: need a TensorTuple of length {len(self)}")
+        return needle.ops.make_tuple(*[self[i] + other[i] for i in range(len(self))])
+
+    def detach(self):
+        return TensorTuple.make_const(self.realize_cached_data())
+
+
+class Tensor(Value):
+
+    def __init__(self, array, *, device: Optional[Device] = None, dtype=None, requires_grad=True, **kwargs):
+        if isinstance(array, Tensor):
+            device = array.device if device is None else device
+            dtype = array.dtype if dtype is None else dtype
+            if device == array.device and dtype == array.dtype:
+                cached_data = array.realize_cached_data()
+            else:
+                cached_data = Tensor._array_from_numpy(array.numpy(), device=device, dtype=dtype)
+        else:
+            device = default_device() if device is None else device
+            cached_data = Tensor._array_from_numpy(array, device=device, dtype=dtype)
+        self._init(None, [], cached_data=cached_data, requires_grad=requires_grad)
+
+    @staticmethod
+    def _array_from_numpy(numpy_array, device, dtype):
+        if array_api is numpy:
+            return numpy.array(numpy_array, dtype=dtype)
+        return array_api.array(numpy_array, device=device, dtype=dtype)
+
+    @staticmethod
+    def make_const(data, requires_grad=False):
+        tensor = Tensor.__new__(Tensor)
+        tensor._init(None, [], cached_data=data if not isinstance(data, Tensor) else data.realize_cached_data(),
+                     requires_grad=requires_grad)
+        return tensor
+
+    @property
+    def data(self):
+        return self.detach()
+
+    @data.setter
+    def data(self, value):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"Tensor.data must be set to a Tensor, got {type(value).__name__}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"Tensor.data: dtype {value.dtype} does not match the tensor's dtype {self.dtype}")
+        self.cached_data = value.realize_cached_data()
+
+    def detach(self):
+        """A new leaf sharing this tensor's data, with no graph."""
+        return Tensor.make_const(self.realize_cached_data())
+
+    @property
+    def shape(self):
+        return tuple(self.realize_cached_data().shape)
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def dtype(self):
+        return self.realize_cached_data().dtype
+
+    @property
+    def device(self):
+        data = self.realize_cached_data()
+        if array_api is numpy:
+            return cpu()
+        return data.device
+
+    def backward(self, out_grad=None, create_graph=True):
+        """Set ``.grad`` of every node this tensor depends on (overwriting old values).
+
+        ``out_grad`` defaults to ones. With ``create_graph=False`` the adjoints
+        are computed without recording a graph (faster, no grad of grad).
+        """
+        if out_grad is None:
+            data = self.realize_cached_data()
+            if array_api is numpy:
+                ones = numpy.ones(data.shape, dtype=data.dtype)
+            else:
+                ones = array_api.full(data.shape, 1.0, device=data.device)
+            out_grad = Tensor.make_const(ones)
+        elif not isinstance(out_grad, Tensor):
+            raise TypeError(f"backward: out_grad must be a Tensor, got {type(out_grad).__name__}")
+        elif out_grad.shape != self.shape:
+            raise ValueError(f"backward: out_grad shape {out_grad.shape} does not match tensor shape {self.shape}")
+        if create_graph:
+            compute_gradient_of_variables(self, out_grad)
+        else:
+            with no_grad():
+                compute_gradient_of_variables(self, out_grad)
+
+    def __repr__(self):
+        return "needle.Tensor(" + str(self.realize_cached_data()) + ")"
+
+    def __str__(self):
+        return self.realize_cached_data().__str__()
+
+    def numpy(self):
+        data = self.realize_cached_data()
+        if array_api is numpy:
+            return numpy.array(data)
+        return data.numpy()
+
+    # ---- operators (the exact op nodes are part of the contract) ----------
+    def __add__(self, other):
+        if isinstance(other, Tensor):
+            return needle.ops.EWiseAdd()(self, other)
+        return needle.ops.AddScalar(other)(self)
+
+    __radd__ = __add__
+
+    def __mul__(self, other):
+        if isinstance(other, Tensor):
+            return needle.ops.EWiseMul()(self, other)
+        return needle.ops.MulScalar(other)(self)
+
+    __rmul__ = __mul__
+
+    def __pow__(self, other):
+        if isinstance(other, Tensor):
+            return needle.ops.EWisePow()(self, other)
+        return needle.ops.PowerScalar(other)(self)
+
+    def __sub__(self, other):
+        if isinstance(other, Tensor):
+            return needle.ops.EWiseAdd()(self, needle.ops.Negate()(other))
+        return needle.ops.AddScalar(-other)(self)
+
+    def __rsub__(self, other):
+        return needle.ops.AddScalar(other)(needle.ops.Negate()(self))
+
+    def __truediv__(self, other):
+        if isinstance(other, Tensor):
+            return needle.ops.EWiseDiv()(self, other)
+        return needle.ops.DivScalar(other)(self)
+
+    def __rtruediv__(self, other):
+        return needle.ops.MulScalar(other)(needle.ops.PowerScalar(-1)(self))
+
+    def __matmul__(self, other):
+        return needle.ops.matmul(self, other)
+
+    def matmul(self, other):
+        return needle.ops.matmul(self, other)
+
+    def __neg__(self):
+        return needle.ops.Negate()(self)
+
+    def __getitem__(self, index):
+        return needle.ops.get_item(self, index)
+
+    def sum(self, axes=None):
+        return needle.ops.Summation(axes)(self)
+
+    def mean(self, axes=None):
+        return needle.ops.mean(self, axes)
+
+    def broadcast_to(self, shape):
+        return needle.ops.BroadcastTo(shape)(self)
+
+    def reshape(self, shape):
+        return needle.ops.Reshape(shape)(self)
+
+    def transpose(self, axes=None):
+        return needle.ops.Transpose(axes)(self)
+
+    def permute(self, axes):
+        return needle.ops.permute(self, axes)
+
+
+# ---- backward ---------------------------------------------------------------
+def compute_gradient_of_variables(output_tensor, out_grad):
+    """Set ``node.grad`` for every node that ``output_tensor`` depends on.
+
+    Reverse topological order guarantees that all partial adjoints of a node
+    are known (and summed) before its own op's gradient is taken.
+    """
+    node_to_output_grads_list = {output_tensor: [out_grad]}
+    for node in reversed(find_topo_sort([output_tensor])):
+        partials = node_to_output_grads_list.pop(node, None)
+        if partials is None:
+            continue  # a node that needs no gradient
+        grad = sum_node_list(partials)
+        node.grad = grad if node.is_leaf() else grad.detach()
+        if node.op is None:
+            continue
+        for i, (inp, g) in enumerate(zip(node.inputs, node.op.gradient_as_tuple(grad, node))):
+            if not inp.requires_grad:
+                continue
+            if isinstance(inp, Tensor) and g.shape != inp.shape:
+                raise RuntimeError(
+                    f"{type(node.op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
+                )
+            node_to_output_grads_list.setdefault(inp, []).append(g)
+
+
+def find_topo_sort(node_list: List[Value]) -> List[Value]:
+    """Post-order DFS over ``inputs`` (in order): every node after its inputs, each once."""
+    visited = set()
+    topo_order = []
+    for node in node_list:
+        topo_sort_dfs(node, visited, topo_order)
+    return topo_order
+
+
+def topo_sort_dfs(node, visited, topo_order):
+    """Append the unvisited part of ``node``'s graph to ``topo_order`` (explicit stack, no recursion)."""
+    if node in visited:
+        return
+    visited.add(node)
+    stack = [(node, iter(node.inputs))]
+    while stack:
+        current, children = stack[-1]
+        for child in children:
+            if child not in visited:
+                visited.add(child)
+                stack.append((child, iter(child.inputs)))
+                break
+        else:
+            stack.pop()
+            topo_order.append(current)
+
+
+def sum_node_list(node_list):
+    """Sum a list of adjoints (Tensors or TensorTuples) with needle ops."""
+    return reduce(operator.add, node_list)
+
+
+# gradcheck lives in its own module (it is a tool, not part of the graph) but is
+# reachable as needle.autograd.gradcheck.
+from .gradcheck import GradcheckError, gradcheck  # noqa: E402

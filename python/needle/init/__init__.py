@@ -1,0 +1,2 @@
+from .init_basic import *
+from .init_initializers import *

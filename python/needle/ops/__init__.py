@@ -1,0 +1,7 @@
+"""needle ops: every class and lowercase helper is re-exported here (and at top level)."""
+from .ops_mathematic import *
+from .ops_logarithmic import *
+from .ops_tuple import *
+from .ops_indexing import *
+from .ops_conv import *
+from ..autograd import Tensor, TensorTuple

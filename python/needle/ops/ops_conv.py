@@ -1,0 +1,266 @@
+"""2-D convolution (im2col + one matmul) and pooling (strided views + reductions). NHWC."""
+import numpy
+
+from ..autograd import TensorOp
+from . import array_backend as B
+from .ops_indexing import pad
+from .ops_mathematic import amax, dilate, flip, permute, reshape, summation
+
+
+def _pair(v, what):
+    if isinstance(v, (int, numpy.integer)):
+        return int(v), int(v)
+    v = tuple(v)
+    if len(v) != 2 or not all(isinstance(x, (int, numpy.integer)) for x in v):
+        raise ValueError(f"{what} must be an int or a pair of ints, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def _padding(p):
+    """int | (ph, pw) | ((top, bottom), (left, right)) -> ((top, bottom), (left, right))."""
+    if isinstance(p, (int, numpy.integer)):
+        return (int(p), int(p)), (int(p), int(p))
+    p = tuple(p)
+    if len(p) == 2 and all(isinstance(x, (int, numpy.integer)) for x in p):
+        return (int(p[0]), int(p[0])), (int(p[1]), int(p[1]))
+    if len(p) == 2:
+        return _pair(p[0], "padding"), _pair(p[1], "padding")
+    raise ValueError(f"padding must be an int, (ph, pw) or ((top, bottom), (left, right)), got {p!r}")
+
+
+def _pad_or_crop(x, pads):
+    """Pad H and W of NHWC ``x`` by ``pads`` ((top, bottom), (left, right)); negative widths crop."""
+    (pt, pb), (pl, pr) = pads
+    if max(pt, pb, pl, pr) > 0:
+        x = B.pad(x, ((0, 0), (max(pt, 0), max(pb, 0)), (max(pl, 0), max(pr, 0)), (0, 0)))
+    if min(pt, pb, pl, pr) < 0:
+        H, W = x.shape[1], x.shape[2]
+        x = x[:, -min(pt, 0) : H + min(pb, 0), -min(pl, 0) : W + min(pr, 0), :]
+    return B.compact(x)
+
+
+def _out_size(n, k, stride, dilation):
+    return (n - dilation * (k - 1) - 1) // stride + 1
+
+
+def _windows(x, kernel, stride, dilation, group_split=1):
+    """im2col as a VIEW: compact NHWC ``x`` -> (N, Ho, Wo, kh, kw, C); stride and dilation are strides.
+
+    With ``group_split`` = g > 1 the channel axis is split: (N, Ho, Wo, kh, kw, g, C/g).
+    """
+    N, H, W, C = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    Ho, Wo = _out_size(H, kh, sh, dh), _out_size(W, kw, sw, dw)
+    sN, sH, sW, sC = B.strides(x)
+    shape = (N, Ho, Wo, kh, kw, C)
+    strides = (sN, sH * sh, sW * sw, sH * dh, sW * dw, sC)
+    if group_split > 1:
+        shape = shape[:-1] + (group_split, C // group_split)
+        strides = strides[:-1] + (sC * (C // group_split), sC)
+    return B.as_strided(x, shape, strides)
+
+
+class Conv(TensorOp):
+    r"""Cross-correlation of NHWC ``X`` (N, H, W, C) with ``W`` (kh, kw, C/groups, Cout).
+
+    Output (N, Ho, Wo, Cout), Ho = (H + pt + pb - dh (kh - 1) - 1) // sh + 1.
+    ``padding`` is int, (ph, pw) or ((top, bottom), (left, right)); a negative
+    width crops (the adjoints below use that).
+
+    Forward, one spatial axis (channels and groups aside), Xp = padded X:
+        out[o] = sum_k Xp[o s + k d] W[k]
+    im2col is the strided view V[n, o, p, i, j, c] = Xp[n, o sh + i dh, p sw + j dw, c];
+    it is compacted to (N Ho Wo, kh kw Cg) and multiplied by W as (kh kw Cg, Cout_g),
+    one matmul per group (a batched matmul over groups).
+
+    dX. dXp[t] = sum_{o s + k d = t} G[o] W[k]. Let Gd = G dilated by s - 1
+    (Gd[o s] = G[o]): dXp[t] = sum_j Gd[j] Wd[t - j], a FULL convolution of Gd
+    with the d-dilated kernel, i.e. a cross-correlation with the flipped kernel
+    after padding Gd by keff - 1 = d (k - 1) on each side. Cropping Xp's
+    padding (dX[t] = dXp[t + pt]) just shifts that padding, so
+        dX = conv(Gd, flip(W) with in/out channels swapped per group,
+                  stride 1, dilation d, padding (keff - 1 - pt, H - Ho s + pt)).
+    The second width makes the output exactly H rows: it drops Gd's trailing
+    s - 1 zeros and, when (H + pt + pb - keff) % s != 0, gives the last rows
+    (never read by the forward) their zero gradient. The kernel dilation is
+    passed as the conv's ``dilation`` (a strided view) instead of materialising
+    a zero-filled kernel: same result, no wasted multiply-adds.
+
+    dW. dW[k, c, co] = sum_{n, o} Xp[n, o s + k d, c] G[n, o, co]: a conv of X
+    with its channels moved to the batch axis (and the batch to the channel
+    axis) by the output gradient as filter, whose dilation is the forward
+    stride and whose stride is the forward dilation:
+        dW = conv(X as (Cg, H, W, g N), G as (Ho, Wo, N, Cout),
+                  stride d, dilation s, padding (pt, d (k-1) + s (Ho-1) + 1 - H - pt), groups g)
+    (the bottom width makes the output exactly kh rows), permuted back to (kh, kw, Cg, Cout).
+    Both adjoints are this same op, so they are differentiable again and any
+    speed-up of the forward speeds up training.
+    """
+
+    def __init__(self, stride=1, padding=0, dilation=1, groups=1):
+        self.stride = _pair(stride, "conv stride")
+        self.padding = _padding(padding)
+        self.dilation = _pair(dilation, "conv dilation")
+        self.groups = int(groups)
+        if min(self.stride) < 1 or min(self.dilation) < 1 or self.groups < 1:
+            raise ValueError(
+                f"conv: stride {self.stride}, dilation {self.dilation} and groups {self.groups} must be >= 1"
+            )
+
+    def _check(self, X, W):
+        if X.ndim != 4 or W.ndim != 4:
+            raise ValueError(f"conv: X must be NHWC and W (kh, kw, C_in/groups, C_out), got {X.shape} and {W.shape}")
+        g, C, Cout = self.groups, X.shape[3], W.shape[3]
+        if C != W.shape[2] * g or Cout % g:
+            raise ValueError(
+                f"conv: X {tuple(X.shape)} and W {tuple(W.shape)} with groups={g}: need C_in = W.shape[2] * groups "
+                f"and C_out divisible by groups"
+            )
+        (pt, pb), (pl, pr) = self.padding
+        Ho = _out_size(X.shape[1] + pt + pb, W.shape[0], self.stride[0], self.dilation[0])
+        Wo = _out_size(X.shape[2] + pl + pr, W.shape[1], self.stride[1], self.dilation[1])
+        if Ho < 1 or Wo < 1:
+            raise ValueError(
+                f"conv: kernel {tuple(W.shape[:2])} with dilation {self.dilation} does not fit in X {tuple(X.shape)} "
+                f"padded by {self.padding}"
+            )
+
+    def compute(self, X, W):
+        self._check(X, W)
+        kh, kw, Cg, Cout = W.shape
+        g = self.groups
+        X = _pad_or_crop(X, self.padding)
+        view = _windows(X, (kh, kw), self.stride, self.dilation, group_split=g)
+        N, Ho, Wo = view.shape[:3]
+        M, K = N * Ho * Wo, kh * kw * Cg
+        if g == 1:
+            out = B.compact(view).reshape((M, K)) @ B.compact(W).reshape((K, Cout))
+            return out.reshape((N, Ho, Wo, Cout))
+        cols = B.compact(B.permute(view, (5, 0, 1, 2, 3, 4, 6))).reshape((g, M, K))
+        w = B.compact(B.permute(B.compact(W).reshape((kh, kw, Cg, g, Cout // g)), (3, 0, 1, 2, 4)))
+        out = cols @ w.reshape((g, K, Cout // g))  # (g, M, Cout/g)
+        out = B.compact(B.permute(out.reshape((g, N, Ho, Wo, Cout // g)), (1, 2, 3, 0, 4)))
+        return out.reshape((N, Ho, Wo, Cout))
+
+    def gradient(self, out_grad, node):
+        X, W = node.inputs
+        N, H, Wd, C = X.shape
+        kh, kw, Cg, Cout = W.shape
+        g = self.groups
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        (pt, pb), (pl, pr) = self.padding
+        Ho, Wo = out_grad.shape[1:3]
+
+        G = out_grad
+        if sh > 1:
+            G = dilate(G, (1,), sh - 1)
+        if sw > 1:
+            G = dilate(G, (2,), sw - 1)
+        Wt = reshape(permute(reshape(flip(W, (0, 1)), (kh, kw, Cg, g, Cout // g)), (0, 1, 4, 3, 2)), (kh, kw, Cout // g, C))
+        keh, kew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+        dX = Conv(
+            stride=1,
+            padding=((keh - 1 - pt, H - Ho * sh + pt), (kew - 1 - pl, Wd - Wo * sw + pl)),
+            dilation=(dh, dw),
+            groups=g,
+        )(G, Wt)
+
+        Xt = reshape(permute(reshape(X, (N, H, Wd, g, Cg)), (4, 1, 2, 3, 0)), (Cg, H, Wd, g * N))
+        Gt = permute(out_grad, (1, 2, 0, 3))
+        dWt = Conv(
+            stride=(dh, dw),
+            padding=((pt, keh + sh * (Ho - 1) - H - pt), (pl, kew + sw * (Wo - 1) - Wd - pl)),
+            dilation=(sh, sw),
+            groups=g,
+        )(Xt, Gt)
+        return dX, permute(dWt, (1, 2, 0, 3))
+
+
+def conv(a, b, stride=1, padding=1, dilation=1, groups=1):
+    """NHWC convolution (see Conv). Note: the helper's default padding is 1, the class's is 0."""
+    return Conv(stride, padding, dilation, groups)(a, b)
+
+
+# ---- pooling -----------------------------------------------------------------
+class Unfold(TensorOp):
+    """(N, H, W, C) -> (N, Ho, Wo, kh, kw, C): every sliding window, compacted (no padding here)."""
+
+    def __init__(self, kernel, stride, dilation=1):
+        self.kernel = _pair(kernel, "unfold kernel")
+        self.stride = _pair(stride, "unfold stride")
+        self.dilation = _pair(dilation, "unfold dilation")
+
+    def compute(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"unfold: input must be NHWC, got shape {tuple(x.shape)}")
+        (kh, kw), (dh, dw) = self.kernel, self.dilation
+        if dh * (kh - 1) + 1 > x.shape[1] or dw * (kw - 1) + 1 > x.shape[2]:
+            raise ValueError(f"unfold: window {self.kernel} (dilation {self.dilation}) is larger than {tuple(x.shape)}")
+        return B.compact(_windows(B.compact(x), self.kernel, self.stride, self.dilation))
+
+    def gradient(self, out_grad, node):
+        return Fold(node.inputs[0].shape, self.kernel, self.stride, self.dilation)(out_grad)
+
+
+def unfold(x, kernel, stride, dilation=1):
+    return Unfold(kernel, stride, dilation)(x)
+
+
+class Fold(TensorOp):
+    """The adjoint of Unfold: add every window back at its place in a (N, H, W, C) array of zeros."""
+
+    def __init__(self, shape, kernel, stride, dilation=1):
+        self.shape = tuple(shape)
+        self.kernel = _pair(kernel, "fold kernel")
+        self.stride = _pair(stride, "fold stride")
+        self.dilation = _pair(dilation, "fold dilation")
+
+    def compute(self, cols):
+        N, Ho, Wo, kh, kw, C = cols.shape
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        out = B.full(self.shape, 0.0, cols)
+        for i in range(kh):
+            for j in range(kw):
+                sl = (
+                    slice(None),
+                    slice(i * dh, i * dh + sh * (Ho - 1) + 1, sh),
+                    slice(j * dw, j * dw + sw * (Wo - 1) + 1, sw),
+                    slice(None),
+                )
+                piece = cols[:, :, :, i : i + 1, j : j + 1, :].reshape((N, Ho, Wo, C))
+                out[sl] = out[sl] + piece
+        return out
+
+    def gradient(self, out_grad, node):
+        return Unfold(self.kernel, self.stride, self.dilation)(out_grad)
+
+
+def _pool_args(x, kernel_size, stride, padding, what):
+    if len(x.shape) != 4:
+        raise ValueError(f"{what}: input must be NHWC, got shape {x.shape}")
+    kernel = _pair(kernel_size, f"{what} kernel_size")
+    stride = kernel if stride is None else _pair(stride, f"{what} stride")
+    ph, pw = _pair(padding, f"{what} padding")
+    if ph > kernel[0] // 2 or pw > kernel[1] // 2 or min(ph, pw) < 0:
+        raise ValueError(f"{what}: padding {(ph, pw)} must be >= 0 and at most half the kernel {kernel}")
+    return kernel, stride, ((0, 0), (ph, ph), (pw, pw), (0, 0))
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """Max over each kh x kw window of NHWC ``x`` (padding counts as -inf; stride defaults to the kernel).
+
+    Gradient goes to the window's maximum; if several elements tie for it the
+    gradient is SPLIT evenly among them (PyTorch gives it all to one).
+    """
+    kernel, stride, pads = _pool_args(x, kernel_size, stride, padding, "max_pool2d")
+    if any(p for pair in pads for p in pair):
+        x = pad(x, pads, value=-numpy.inf)
+    return amax(unfold(x, kernel, stride), axes=(3, 4))
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """Mean over each kh x kw window of NHWC ``x``; zero padding is counted (PyTorch's count_include_pad=True)."""
+    kernel, stride, pads = _pool_args(x, kernel_size, stride, padding, "avg_pool2d")
+    if any(p for pair in pads for p in pair):
+        x = pad(x, pads)
+    return summation(unfold(x, kernel, stride), axes=(3, 4)) / (kernel[0] * kernel[1])

@@ -1,0 +1,585 @@
+"""Elementwise, shape, reduction and matmul ops.
+
+Each op is a short class: ``compute`` on backend arrays, ``gradient`` written
+with needle ops (so adjoints are differentiable), and a lowercase helper.
+Elementwise ops never broadcast implicitly: shapes must match exactly
+(use ``broadcast_to``), otherwise a ValueError names the op and the shapes.
+"""
+from numbers import Number
+
+import numpy
+
+from ..autograd import Tensor, TensorOp, TensorTupleOp
+from . import array_backend as B
+from .ops_tuple import make_tuple
+
+
+def _norm_axes(axes, ndim, op):
+    """None / int / sequence -> sorted tuple of distinct axes in [0, ndim)."""
+    if axes is None:
+        return tuple(range(ndim))
+    if isinstance(axes, (int, numpy.integer)):
+        axes = (axes,)
+    out = []
+    for ax in axes:
+        if not -ndim <= ax < max(ndim, 1):
+            raise ValueError(f"{op}: axis {ax} is out of range for a tensor of ndim {ndim}")
+        out.append(int(ax) % max(ndim, 1))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: repeated axis in {tuple(axes)}")
+    return tuple(sorted(out))
+
+
+def _check_same_shape(op, a, b):
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ (needle does not broadcast "
+            f"implicitly; use broadcast_to)"
+        )
+
+
+def _check_scalar(op, scalar):
+    """A number (or, as the course's np-mode tests pass, a 1-element numpy array); returns it."""
+    ok = isinstance(scalar, (Number, numpy.generic)) or (isinstance(scalar, numpy.ndarray) and scalar.size == 1)
+    if not ok or isinstance(scalar, bool):
+        raise TypeError(f"{op}: expected a number, got {type(scalar).__name__}")
+    if isinstance(scalar, numpy.ndarray) and not B.NP:
+        return float(scalar.reshape(-1)[0])  # NDArray ops take Python scalars
+    return scalar
+
+
+def _const(array):
+    """A constant Tensor (no gradient) wrapping a backend array."""
+    return Tensor.make_const(array)
+
+
+# ---- elementwise -------------------------------------------------------------
+class EWiseAdd(TensorOp):
+    def compute(self, a, b):
+        _check_same_shape("add", a, b)
+        return a + b
+
+    def gradient(self, out_grad, node):
+        return out_grad, out_grad
+
+
+def add(a, b):
+    return EWiseAdd()(a, b)
+
+
+class AddScalar(TensorOp):
+    def __init__(self, scalar):
+        self.scalar = _check_scalar("add_scalar", scalar)
+
+    def compute(self, a):
+        return a + self.scalar
+
+    def gradient(self, out_grad, node):
+        return out_grad
+
+
+def add_scalar(a, scalar):
+    return AddScalar(scalar)(a)
+
+
+class EWiseMul(TensorOp):
+    def compute(self, a, b):
+        _check_same_shape("multiply", a, b)
+        return a * b
+
+    def gradient(self, out_grad, node):
+        lhs, rhs = node.inputs
+        return out_grad * rhs, out_grad * lhs
+
+
+def multiply(a, b):
+    return EWiseMul()(a, b)
+
+
+class MulScalar(TensorOp):
+    def __init__(self, scalar):
+        self.scalar = _check_scalar("mul_scalar", scalar)
+
+    def compute(self, a):
+        return a * self.scalar
+
+    def gradient(self, out_grad, node):
+        return out_grad * self.scalar
+
+
+def mul_scalar(a, scalar):
+    return MulScalar(scalar)(a)
+
+
+class EWisePow(TensorOp):
+    """a ** b elementwise; d/da = b a^(b-1), d/db = a^b log a."""
+
+    def compute(self, a, b):
+        _check_same_shape("power", a, b)
+        return a**b
+
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        return out_grad * b * power(a, b - 1), out_grad * node * log(a)
+
+
+def power(a, b):
+    return EWisePow()(a, b)
+
+
+class PowerScalar(TensorOp):
+    """a ** scalar (scalar may be 0, negative or fractional); d/da = scalar a^(scalar-1)."""
+
+    def __init__(self, scalar):
+        self.scalar = _check_scalar("power_scalar", scalar)
+
+    def compute(self, a):
+        return a**self.scalar
+
+    def gradient(self, out_grad, node):
+        if self.scalar == 0:
+            return out_grad * 0
+        return out_grad * self.scalar * power_scalar(node.inputs[0], self.scalar - 1)
+
+
+def power_scalar(a, scalar):
+    return PowerScalar(scalar)(a)
+
+
+class EWiseDiv(TensorOp):
+    def compute(self, a, b):
+        _check_same_shape("divide", a, b)
+        return a / b
+
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        return out_grad / b, -out_grad * a / (b * b)
+
+
+def divide(a, b):
+    return EWiseDiv()(a, b)
+
+
+class DivScalar(TensorOp):
+    def __init__(self, scalar):
+        self.scalar = _check_scalar("divide_scalar", scalar)
+
+    def compute(self, a):
+        return a / self.scalar
+
+    def gradient(self, out_grad, node):
+        return out_grad / self.scalar
+
+
+def divide_scalar(a, scalar):
+    return DivScalar(scalar)(a)
+
+
+class Negate(TensorOp):
+    def compute(self, a):
+        return -a
+
+    def gradient(self, out_grad, node):
+        return -out_grad
+
+
+def negate(a):
+    return Negate()(a)
+
+
+class Log(TensorOp):
+    def compute(self, a):
+        return B.log(a)
+
+    def gradient(self, out_grad, node):
+        return out_grad / node.inputs[0]
+
+
+def log(a):
+    return Log()(a)
+
+
+class Exp(TensorOp):
+    def compute(self, a):
+        return B.exp(a)
+
+    def gradient(self, out_grad, node):
+        return out_grad * node
+
+
+def exp(a):
+    return Exp()(a)
+
+
+class ReLU(TensorOp):
+    """max(a, 0); gradient out_grad * (a > 0) (the step is a constant: zero second derivative)."""
+
+    def compute(self, a):
+        return B.maximum(a, 0)
+
+    def gradient(self, out_grad, node):
+        a = node.inputs[0].realize_cached_data()
+        return out_grad * _const(B.as_float(a > 0, a))
+
+
+def relu(a):
+    return ReLU()(a)
+
+
+class Tanh(TensorOp):
+    def compute(self, a):
+        return B.tanh(a)
+
+    def gradient(self, out_grad, node):
+        return out_grad * (1 - node**2)
+
+
+def tanh(a):
+    return Tanh()(a)
+
+
+class Sigmoid(TensorOp):
+    """1 / (1 + e^-a), computed as (tanh(a/2) + 1) / 2 (no overflow); gradient s (1 - s)."""
+
+    def compute(self, a):
+        return B.tanh(a * 0.5) * 0.5 + 0.5
+
+    def gradient(self, out_grad, node):
+        return out_grad * node * (1 - node)
+
+
+def sigmoid(a):
+    return Sigmoid()(a)
+
+
+class Maximum(TensorOp):
+    """Elementwise max of two tensors. Where a == b the gradient is split evenly (1/2 each)."""
+
+    def compute(self, a, b):
+        _check_same_shape("maximum", a, b)
+        return B.maximum(a, b)
+
+    def gradient(self, out_grad, node):
+        a, b = (x.realize_cached_data() for x in node.inputs)
+        wa = B.as_float(a > b, a) + B.as_float(a == b, a) * 0.5
+        return out_grad * _const(wa), out_grad * _const(1 - wa)
+
+
+def maximum(a, b):
+    return Maximum()(a, b)
+
+
+# ---- shape -------------------------------------------------------------------
+class Transpose(TensorOp):
+    """Swap two axes (``axes`` is a PAIR; None swaps the last two)."""
+
+    def __init__(self, axes=None):
+        if axes is not None and len(axes) != 2:
+            raise ValueError(f"transpose: axes must be a pair of axes to swap, got {axes}")
+        self.axes = None if axes is None else tuple(axes)
+
+    def _perm(self, ndim):
+        if ndim < 2:
+            raise ValueError(f"transpose: need at least 2 dims, got a tensor of ndim {ndim}")
+        i, j = (ndim - 2, ndim - 1) if self.axes is None else _norm_axes(self.axes, ndim, "transpose")
+        perm = list(range(ndim))
+        perm[i], perm[j] = perm[j], perm[i]
+        return perm
+
+    def compute(self, a):
+        return B.permute(a, self._perm(a.ndim))
+
+    def gradient(self, out_grad, node):
+        return Transpose(self.axes)(out_grad)
+
+
+def transpose(a, axes=None):
+    return Transpose(axes)(a)
+
+
+class Permute(TensorOp):
+    """Reorder all axes; gradient permutes back with the inverse permutation."""
+
+    def __init__(self, axes):
+        self.axes = tuple(int(x) for x in axes)
+
+    def compute(self, a):
+        if sorted(x % max(a.ndim, 1) for x in self.axes) != list(range(a.ndim)):
+            raise ValueError(f"permute: {self.axes} is not a permutation of the axes of shape {tuple(a.shape)}")
+        return B.permute(a, self.axes)
+
+    def gradient(self, out_grad, node):
+        inverse = [0] * len(self.axes)
+        for i, ax in enumerate(self.axes):
+            inverse[ax % len(self.axes)] = i
+        return Permute(inverse)(out_grad)
+
+
+def permute(a, axes):
+    return Permute(axes)(a)
+
+
+class Reshape(TensorOp):
+    def __init__(self, shape):
+        self.shape = (shape,) if isinstance(shape, (int, numpy.integer)) else tuple(shape)
+
+    def compute(self, a):
+        shape = self.shape
+        size = int(numpy.prod(a.shape))
+        if shape.count(-1) == 1:
+            known = int(numpy.prod([s for s in shape if s != -1]))
+            if known and size % known == 0:
+                shape = tuple(size // known if s == -1 else s for s in shape)
+        if any(s < 0 for s in shape) or int(numpy.prod(shape)) != size:
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {tuple(a.shape)} into {self.shape}")
+        return a.reshape(shape)
+
+    def gradient(self, out_grad, node):
+        return reshape(out_grad, node.inputs[0].shape)
+
+
+def reshape(a, shape):
+    return Reshape(shape)(a)
+
+
+def _sum_to_shape(t, shape):
+    """Sum ``t`` over the axes that broadcasting added or stretched to reach ``t.shape`` from ``shape``."""
+    lead = len(t.shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, (s, n) in enumerate(zip(shape, t.shape[lead:])) if s == 1 and n != 1
+    )
+    if axes:
+        t = summation(t, axes)
+    return t if t.shape == tuple(shape) else reshape(t, shape)
+
+
+class BroadcastTo(TensorOp):
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def compute(self, a):
+        shape, ashape = self.shape, tuple(a.shape)
+        lead = len(shape) - len(ashape)
+        if lead < 0 or any(s != n and s != 1 for s, n in zip(ashape, shape[lead:])):
+            raise ValueError(f"broadcast_to: cannot broadcast shape {ashape} to {shape}")
+        return B.broadcast_to(a, shape)
+
+    def gradient(self, out_grad, node):
+        return _sum_to_shape(out_grad, node.inputs[0].shape)
+
+
+def broadcast_to(a, shape):
+    return BroadcastTo(shape)(a)
+
+
+# ---- reductions --------------------------------------------------------------
+class Summation(TensorOp):
+    """Sum over ``axes`` (None = all, int or tuple); reduced axes are removed (all -> shape ())."""
+
+    def __init__(self, axes=None):
+        self.axes = axes
+
+    def compute(self, a):
+        return B.reduce_sum(a, _norm_axes(self.axes, a.ndim, "summation"))
+
+    def gradient(self, out_grad, node):
+        shape = node.inputs[0].shape
+        axes = _norm_axes(self.axes, len(shape), "summation")
+        keep = tuple(1 if i in axes else n for i, n in enumerate(shape))
+        return broadcast_to(reshape(out_grad, keep), shape)
+
+
+def summation(a, axes=None):
+    return Summation(axes)(a)
+
+
+def mean(a, axes=None):
+    """Mean over ``axes`` (a composition: summation / count)."""
+    red = _norm_axes(axes, len(a.shape), "mean")
+    count = int(numpy.prod([a.shape[i] for i in red]))
+    return summation(a, axes) / count
+
+
+class Max(TensorOp):
+    """Max over ``axes``. Gradient goes to the maxima; TIES SPLIT it evenly (PyTorch picks one)."""
+
+    def __init__(self, axes=None, keepdims=False):
+        self.axes = axes
+        self.keepdims = keepdims
+
+    def compute(self, a):
+        return B.reduce_max(a, _norm_axes(self.axes, a.ndim, "amax"), self.keepdims)
+
+    def gradient(self, out_grad, node):
+        a = node.inputs[0].realize_cached_data()
+        axes = _norm_axes(self.axes, a.ndim, "amax")
+        keep = tuple(1 if i in axes else n for i, n in enumerate(a.shape))
+        m = B.broadcast_to(node.realize_cached_data().reshape(keep), a.shape)
+        mask = B.as_float(a == m, a)
+        weight = mask / B.broadcast_to(B.reduce_sum(mask, axes, keepdims=True), a.shape)
+        return broadcast_to(reshape(out_grad, keep), a.shape) * _const(weight)
+
+
+def amax(a, axes=None, keepdims=False):
+    return Max(axes, keepdims)(a)
+
+
+# ---- matmul ------------------------------------------------------------------
+class MatMul(TensorOp):
+    """Batched matmul with numpy broadcasting of the batch dims (both operands >= 2-D).
+
+    dA = out_grad @ B^T and dB = A^T @ out_grad, each summed over the batch
+    dims that broadcasting added to it.
+    """
+
+    def compute(self, a, b):
+        if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} are not aligned")
+        try:
+            numpy.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+        except ValueError:
+            raise ValueError(
+                f"matmul: batch dims of {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast"
+            ) from None
+        return a @ b
+
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        return (
+            _sum_to_shape(MatMul()(out_grad, transpose(b)), a.shape),
+            _sum_to_shape(MatMul()(transpose(a), out_grad), b.shape),
+        )
+
+
+def matmul(a, b):
+    """numpy semantics: a 1-D operand is promoted to a matrix and its dim dropped afterwards."""
+    if len(a.shape) == 0 or len(b.shape) == 0:
+        raise ValueError(f"matmul: 0-d operands are not allowed (shapes {a.shape} and {b.shape})")
+    a2 = reshape(a, (1,) + a.shape) if len(a.shape) == 1 else a
+    b2 = reshape(b, b.shape + (1,)) if len(b.shape) == 1 else b
+    out = MatMul()(a2, b2)
+    if len(a.shape) == 1:
+        out = reshape(out, out.shape[:-2] + out.shape[-1:])
+    if len(b.shape) == 1:
+        out = reshape(out, out.shape[:-1])
+    return out
+
+
+# ---- stack / split -----------------------------------------------------------
+class Stack(TensorOp):
+    """Stack a TensorTuple of same-shape tensors along a new axis; gradient = split."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def compute(self, args):
+        if len(args) == 0:
+            raise ValueError("stack: need at least one tensor")
+        for i, x in enumerate(args):
+            if tuple(x.shape) != tuple(args[0].shape):
+                raise ValueError(f"stack: tensor {i} has shape {tuple(x.shape)}, tensor 0 has {tuple(args[0].shape)}")
+        if not -args[0].ndim - 1 <= self.axis <= args[0].ndim:
+            raise ValueError(f"stack: axis {self.axis} out of range for a {args[0].ndim + 1}-d result")
+        return B.stack(list(args), self.axis)
+
+    def gradient(self, out_grad, node):
+        return split(out_grad, self.axis)
+
+
+def stack(args, axis):
+    return Stack(axis)(make_tuple(*args))
+
+
+class Split(TensorTupleOp):
+    """Split along ``axis`` into a TensorTuple, removing that axis; gradient = stack."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def compute(self, A):
+        if not -A.ndim <= self.axis < A.ndim:
+            raise ValueError(f"split: axis {self.axis} out of range for shape {tuple(A.shape)}")
+        axis = self.axis % A.ndim
+        shape = tuple(n for i, n in enumerate(A.shape) if i != axis)
+        lead = (slice(None),) * axis
+        return tuple(B.copy(A[lead + (slice(i, i + 1),)]).reshape(shape) for i in range(A.shape[axis]))
+
+    def gradient(self, out_grad, node):
+        return stack(out_grad, self.axis)
+
+
+def split(a, axis):
+    return Split(axis)(a)
+
+
+# ---- flip / dilate -----------------------------------------------------------
+class Flip(TensorOp):
+    def __init__(self, axes):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+
+    def compute(self, a):
+        return B.flip(a, _norm_axes(self.axes, a.ndim, "flip"))
+
+    def gradient(self, out_grad, node):
+        return flip(out_grad, self.axes)
+
+
+def flip(a, axes):
+    return Flip(axes)(a)
+
+
+def _dilate_slices(ndim, axes, dilation):
+    return tuple(slice(None, None, dilation + 1) if i in axes else slice(None) for i in range(ndim))
+
+
+class Dilate(TensorOp):
+    """Insert ``dilation`` zeros after every element along ``axes`` (axes >= ndim ignored)."""
+
+    def __init__(self, axes, dilation):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        if dilation < 0:
+            raise ValueError(f"dilate: dilation must be >= 0, got {dilation}")
+        self.dilation = int(dilation)
+
+    def compute(self, a):
+        axes = {ax for ax in self.axes if ax < a.ndim}
+        if self.dilation == 0 or not axes:
+            return a
+        shape = tuple(n * (self.dilation + 1) if i in axes else n for i, n in enumerate(a.shape))
+        out = B.full(shape, 0.0, a)
+        out[_dilate_slices(a.ndim, axes, self.dilation)] = a
+        return out
+
+    def gradient(self, out_grad, node):
+        return undilate(out_grad, self.axes, self.dilation)
+
+
+def dilate(a, axes, dilation):
+    return Dilate(axes, dilation)(a)
+
+
+class UnDilate(TensorOp):
+    """Keep every (dilation+1)-th element along ``axes``: the inverse (and adjoint) of Dilate."""
+
+    def __init__(self, axes, dilation):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        self.dilation = int(dilation)
+
+    def compute(self, a):
+        axes = {ax for ax in self.axes if ax < a.ndim}
+        if self.dilation == 0 or not axes:
+            return a
+        return B.compact(a[_dilate_slices(a.ndim, axes, self.dilation)])
+
+    def gradient(self, out_grad, node):
+        grad = dilate(out_grad, self.axes, self.dilation)
+        shape = node.inputs[0].shape
+        if grad.shape != shape:  # the input length was not a multiple of dilation + 1
+            from .ops_indexing import get_item
+
+            grad = get_item(grad, tuple(slice(0, n) for n in shape))
+        return grad
+
+
+def undilate(a, axes, dilation):
+    return UnDilate(axes, dilation)(a)
