@@ -37,7 +37,10 @@ class BackendDevice:
         mod = self.__dict__.get("mod")
         if mod is None:
             raise AttributeError(f"{self.__dict__.get('name')}: {self.__dict__.get('reason')}")
-        return getattr(mod, name)
+        value = getattr(mod, name)
+        if callable(value):
+            self.__dict__[name] = value  # later lookups skip __getattr__
+        return value
 
     def enabled(self):
         return self.mod is not None

@@ -6,9 +6,9 @@ argument is checked here, before it reaches a kernel, so bad input is a
 Python exception and never an out-of-bounds access.
 """
 import builtins
+import math
 import numbers
-import operator
-from functools import reduce
+from functools import lru_cache
 
 _sum = builtins.sum
 
@@ -27,7 +27,33 @@ from .device import (
 
 
 def prod(x):
-    return reduce(operator.mul, x, 1)
+    return math.prod(x)
+
+
+@lru_cache(maxsize=4096)
+def _compact_strides(shape):
+    stride = 1
+    res = []
+    for dim in reversed(shape):
+        res.append(stride)
+        stride *= dim
+    return tuple(reversed(res))
+
+
+def _new(shape, strides, device, handle, offset):
+    """Unchecked header constructor for the internal hot paths (arguments already valid)."""
+    array = object.__new__(NDArray)
+    array._shape = shape
+    array._strides = strides
+    array._offset = offset
+    array._device = device
+    array._handle = handle
+    return array
+
+
+def _alloc(shape, device):
+    """A new compact array of a validated shape."""
+    return _new(shape, _compact_strides(shape), device, device.Array(math.prod(shape)), 0)
 
 
 def _normalize_axes(axis, ndim, what):
@@ -101,12 +127,7 @@ class NDArray:
 
     @staticmethod
     def compact_strides(shape):
-        stride = 1
-        res = []
-        for dim in reversed(shape):
-            res.append(stride)
-            stride *= dim
-        return tuple(reversed(res))
+        return _compact_strides(tuple(shape))
 
     @staticmethod
     def make(shape, strides=None, device=None, handle=None, offset=0):
@@ -179,13 +200,15 @@ class NDArray:
         return out if dtype is None else out.astype(dtype)
 
     def is_compact(self):
-        return self._strides == self.compact_strides(self._shape) and prod(self.shape) == self._handle.size
+        return self._strides == _compact_strides(self._shape) and math.prod(self._shape) == self._handle.size
 
     def compact(self):
         """Self if compact, else a compact copy."""
-        if self.is_compact():
+        if self._offset == 0 and self._strides == _compact_strides(self._shape) and (
+            math.prod(self._shape) == self._handle.size
+        ):
             return self
-        out = NDArray.make(self.shape, device=self.device)
+        out = _alloc(self._shape, self._device)
         if out.size:
             self.device.compact(self._handle, out._handle, list(self.shape), list(self.strides), self._offset)
         return out
@@ -228,11 +251,13 @@ class NDArray:
             if known == 0 or self.size % known:
                 raise ValueError(f"reshape: cannot reshape array of shape {self.shape} into {new_shape}")
             new_shape = tuple(self.size // known if s == -1 else s for s in new_shape)
+        if new_shape == self._shape and self.is_compact():
+            return _new(self._shape, self._strides, self._device, self._handle, self._offset)
         new_shape = _shape_tuple(new_shape)
         if prod(new_shape) != self.size:
             raise ValueError(f"reshape: cannot reshape array of shape {self.shape} (size {self.size}) into {new_shape}")
         base = self.compact()
-        return NDArray.make(new_shape, device=self.device, handle=base._handle, offset=base._offset)
+        return _new(new_shape, _compact_strides(new_shape), self._device, base._handle, base._offset)
 
     def permute(self, new_axes):
         new_axes = tuple(new_axes)
@@ -241,12 +266,12 @@ class NDArray:
         ) != list(range(self.ndim)):
             raise ValueError(f"permute: {new_axes} is not a permutation of the axes of an array of shape {self.shape}")
         new_axes = tuple(int(a) % self.ndim for a in new_axes)
-        return NDArray.make(
-            tuple(self.shape[a] for a in new_axes),
-            strides=tuple(self.strides[a] for a in new_axes),
-            device=self.device,
-            handle=self._handle,
-            offset=self._offset,
+        return _new(
+            tuple(self._shape[a] for a in new_axes),
+            tuple(self._strides[a] for a in new_axes),
+            self._device,
+            self._handle,
+            self._offset,
         )
 
     def broadcast_to(self, new_shape):
@@ -263,7 +288,7 @@ class NDArray:
                 strides.append(0)
             else:
                 raise ValueError(f"broadcast_to: cannot broadcast {self.shape} to {new_shape}")
-        return NDArray.make(new_shape, strides=strides, device=self.device, handle=self._handle, offset=self._offset)
+        return _new(new_shape, tuple(strides), self._device, self._handle, self._offset)
 
     # ---- get and set elements --------------------------------------------
     def process_slice(self, sl, dim):
@@ -317,7 +342,7 @@ class NDArray:
         shape = tuple(max(0, (s.stop - s.start + s.step - 1) // s.step) for s in idxs)
         strides = tuple(st * s.step for st, s in zip(self.strides, idxs))
         offset = self._offset + _sum(st * s.start for st, s in zip(self.strides, idxs))
-        return NDArray.make(shape, strides=strides, device=self.device, handle=self._handle, offset=offset)
+        return _new(shape, strides, self._device, self._handle, offset)
 
     def __setitem__(self, idxs, other):
         """In-place write through the view ``self[idxs]``: an array or a scalar."""
@@ -355,9 +380,10 @@ class NDArray:
             raise ValueError(f"{what}: shapes {self.shape} and {other.shape} differ (NDArray does not broadcast)")
 
     def ewise_or_scalar(self, other, ewise_func, scalar_func, what="elementwise op"):
-        out = NDArray.make(self.shape, device=self.device)
+        out = _alloc(self._shape, self._device)
         if isinstance(other, NDArray):
-            self._check_same(other, what)
+            if other._shape != self._shape or other._device != self._device:
+                self._check_same(other, what)
             if out.size:
                 ewise_func(self.compact()._handle, other.compact()._handle, out._handle)
         elif _is_scalar(other):
@@ -422,7 +448,7 @@ class NDArray:
     __hash__ = None
 
     def _unary(self, func):
-        out = NDArray.make(self.shape, device=self.device)
+        out = _alloc(self._shape, self._device)
         if out.size:
             func(self.compact()._handle, out._handle)
         return out
