@@ -70,13 +70,17 @@ def save(obj, path):
 
 
 def load(path, device=None):
-    """Read a file written by :func:`save`; tensors land on ``device`` (default device if None)."""
+    """Read a file written by :func:`save`; tensors land on ``device`` (default device if None).
+
+    Like any pickle, only load checkpoints you trust.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"needle.load: no such checkpoint {path!r}")
     with open(path, "rb") as f:
         try:
             obj = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError) as e:
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError,
+                TypeError, ValueError) as e:
             raise ValueError(f"needle.load: {path!r} is not a needle checkpoint ({e})") from None
     return _from_storable(obj, device)

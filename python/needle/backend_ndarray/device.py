@@ -67,7 +67,10 @@ class BackendDevice:
         idx = np.asarray(i).astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"one_hot: indices must lie in [0, {n}), got range [{idx.min()}, {idx.max()}]")
-        return NDArray(np.eye(n, dtype=np.float32)[idx], device=self)
+        # Scatter ones into zeros: np.eye(n)[idx] would build an n x n matrix first.
+        out = np.zeros(idx.shape + (n,), dtype=np.float32)
+        np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
+        return NDArray(out, device=self)
 
     def empty(self, shape, dtype="float32"):
         from .ndarray import NDArray

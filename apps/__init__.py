@@ -1,0 +1,1 @@
+"""Training programs built on needle: course apps, the CLI trainer and the demo."""

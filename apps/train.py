@@ -1,0 +1,317 @@
+"""Command-line trainer.
+
+    python -m apps.train {mnist,cifar10,ptb,digits} --device cpu --epochs 5 \
+        --data ../shared/data/mnist --batch-size 100 --lr 1e-3 --optimizer adam \
+        --checkpoint out/mnist.ckpt [--resume] --plot out/mnist.png
+
+Shows a tqdm bar (loss, accuracy, samples/s), evaluates after every epoch,
+saves model + optimizer state + epoch to ``--checkpoint`` after every epoch,
+continues from it with ``--resume``, and writes the curves to ``--plot``.
+Data: ``--data DIR``, else ``$NEEDLE_DATA/<task>``, else ``../shared/data/<task>``
+relative to the repository root.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+
+import numpy as np
+
+import needle as ndl
+import needle.nn as nn
+
+from apps.training import (_progress, classification_epoch, load_checkpoint, plot_curves,
+                           save_checkpoint)
+
+TASKS = ("mnist", "cifar10", "ptb", "digits")
+DATA_SUBDIR = {"mnist": "mnist", "cifar10": "cifar10", "ptb": "ptb", "digits": ""}
+
+
+def default_data_dir(task):
+    base = os.environ.get("NEEDLE_DATA") or os.path.join(os.path.dirname(ROOT), "shared", "data")
+    return os.path.join(base, DATA_SUBDIR[task])
+
+
+def get_device(name):
+    if name == "cpu":
+        return ndl.cpu()
+    if name == "cpu_numpy":
+        return ndl.cpu_numpy()
+    if name == "cuda":
+        dev = ndl.cuda()
+        if not dev.enabled():
+            raise SystemExit("--device cuda: no CUDA backend/GPU available "
+                             f"({getattr(dev, 'reason', 'not built or no GPU')})")
+        return dev
+    raise SystemExit(f"--device must be cpu, cuda or cpu_numpy, got {name!r}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m apps.train", description=__doc__.split("\n")[0])
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "cpu_numpy"))
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--data", default=None, help="dataset folder (default: ../shared/data/<task>)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    p.add_argument("--scheduler", choices=("none", "cosine", "step"), default="none")
+    p.add_argument("--step-size", type=int, default=1, help="StepLR epochs per decay")
+    p.add_argument("--gamma", type=float, default=0.5, help="StepLR decay factor")
+    p.add_argument("--checkpoint", default=None, help="save after every epoch to this file")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--plot", default=None, help="write training curves to this PNG")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g = p.add_argument_group("mnist")
+    g.add_argument("--split", type=int, default=None,
+                   help="train on the first N t10k images and test on the rest "
+                        "(when only the t10k files are available)")
+    g.add_argument("--hidden", type=int, default=100, help="MLPResNet hidden size")
+    g = p.add_argument_group("cifar10")
+    g.add_argument("--augment", action="store_true", help="random crop + flip")
+    g = p.add_argument_group("ptb")
+    g.add_argument("--seq-model", choices=("rnn", "lstm", "transformer"), default="lstm")
+    g.add_argument("--seq-len", type=int, default=20)
+    g.add_argument("--embedding-size", type=int, default=64)
+    g.add_argument("--hidden-size", type=int, default=64)
+    g.add_argument("--num-layers", type=int, default=1)
+    g.add_argument("--clip", type=float, default=0.25)
+    g.add_argument("--max-lines", type=int, default=None)
+    g.add_argument("--train-file", default="train.txt")
+    g.add_argument("--test-file", default="test.txt")
+    return p
+
+
+DEFAULTS = {  # task -> (batch size, lr, optimizer, weight decay)
+    "mnist": (100, 1e-3, "adam", 1e-3),
+    "cifar10": (128, 1e-3, "adam", 1e-3),
+    "digits": (32, 1e-2, "adam", 1e-4),
+    "ptb": (16, 4.0, "sgd", 0.0),
+}
+
+
+def fill_defaults(args):
+    bs, lr, opt, wd = DEFAULTS[args.task]
+    args.batch_size = bs if args.batch_size is None else args.batch_size
+    args.lr = lr if args.lr is None else args.lr
+    args.optimizer = opt if args.optimizer is None else args.optimizer
+    args.weight_decay = wd if args.weight_decay is None else args.weight_decay
+    if args.data is None:
+        args.data = default_data_dir(args.task)
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.lr <= 0:
+        raise SystemExit(f"--lr must be > 0, got {args.lr}")
+    if args.resume and not args.checkpoint:
+        raise SystemExit("--resume needs --checkpoint PATH")
+    return args
+
+
+def make_optimizer(args, params):
+    if args.optimizer == "sgd":
+        return ndl.optim.SGD(params, lr=args.lr, momentum=args.momentum,
+                             weight_decay=args.weight_decay)
+    cls = ndl.optim.Adam if args.optimizer == "adam" else ndl.optim.AdamW
+    return cls(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def make_scheduler(args, opt):
+    if args.scheduler == "cosine":
+        return ndl.optim.CosineAnnealingLR(opt, T_max=args.epochs)
+    if args.scheduler == "step":
+        return ndl.optim.StepLR(opt, step_size=args.step_size, gamma=args.gamma)
+    return None
+
+
+# ----- datasets and models per task ---------------------------------------
+
+def digits_arrays(test_fraction=0.2, seed=0):
+    """scikit-learn's bundled 8x8 digits as float32 NCHW in [0, 1], split train/test."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    X = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
+    y = d.target.astype(np.uint8)
+    order = np.random.RandomState(seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return X[train], y[train], X[test], y[test]
+
+
+def classification_data(args):
+    """-> (train dataset, test dataset, model factory, flatten flag)."""
+    from apps.mlp_resnet import MLPResNet
+    from apps.models import ResNet9, SmallConvNet
+    if args.task == "digits":
+        Xtr, ytr, Xte, yte = digits_arrays()
+        train = ndl.data.NDArrayDataset(Xtr, ytr)
+        test = ndl.data.NDArrayDataset(Xte, yte)
+        return train, test, lambda dev: SmallConvNet(1, 10, 8, device=dev), False
+    if args.task == "mnist":
+        d = args.data
+        if args.split is not None:
+            full = ndl.data.MNISTDataset(os.path.join(d, "t10k-images-idx3-ubyte.gz"),
+                                         os.path.join(d, "t10k-labels-idx1-ubyte.gz"))
+            if not 0 < args.split < len(full):
+                raise SystemExit(f"--split must be in 1..{len(full) - 1}, got {args.split}")
+            train = ndl.data.NDArrayDataset(full.X[:args.split], full.y[:args.split])
+            test = ndl.data.NDArrayDataset(full.X[args.split:], full.y[args.split:])
+        else:
+            train = ndl.data.MNISTDataset(os.path.join(d, "train-images-idx3-ubyte.gz"),
+                                          os.path.join(d, "train-labels-idx1-ubyte.gz"))
+            test = ndl.data.MNISTDataset(os.path.join(d, "t10k-images-idx3-ubyte.gz"),
+                                         os.path.join(d, "t10k-labels-idx1-ubyte.gz"))
+        hidden = args.hidden
+        return train, test, lambda dev: MLPResNet(784, hidden), True
+    # cifar10
+    tf = [ndl.data.RandomCrop(4), ndl.data.RandomFlipHorizontal()] if args.augment else None
+    train = ndl.data.CIFAR10Dataset(args.data, train=True, transforms=tf)
+    test = ndl.data.CIFAR10Dataset(args.data, train=False)
+    return train, test, lambda dev: ResNet9(device=dev), False
+
+
+class _Subset(ndl.data.Dataset):
+    def __init__(self, dataset, n):
+        super().__init__()
+        self.dataset = dataset
+        self.n = min(n, len(dataset))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        idx = np.arange(self.n)[i]
+        return self.dataset[idx]
+
+
+def run_classification(args, device):
+    train_set, test_set, make_model, flatten = classification_data(args)
+    if args.limit is not None:
+        train_set = _Subset(train_set, args.limit)
+    np.random.seed(args.seed)
+    model = make_model(device).to(device)
+    opt = make_optimizer(args, model.parameters())
+    sched = make_scheduler(args, opt)
+    train_loader = ndl.data.DataLoader(train_set, args.batch_size, shuffle=True, device=device)
+    test_loader = ndl.data.DataLoader(test_set, args.batch_size, device=device)
+    history = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
+    start = 0
+    if args.resume and os.path.exists(args.checkpoint):
+        start, history, ckpt = load_checkpoint(args.checkpoint, model, opt)
+        if sched is not None and "scheduler" in ckpt:
+            sched.load_state_dict(ckpt["scheduler"])
+        print(f"resumed from {args.checkpoint} after epoch {start}")
+    progress = not args.no_progress
+    for epoch in range(start, args.epochs):
+        tr = classification_epoch(train_loader, model, opt, f"epoch {epoch + 1}/{args.epochs}",
+                                  progress, flatten)
+        te = classification_epoch(test_loader, model, None, "eval", progress, flatten)
+        if sched is not None:
+            sched.step()
+        for split, r in (("train", tr), ("test", te)):
+            history[f"{split}_loss"].append(r["loss"])
+            history[f"{split}_acc"].append(r["acc"])
+        print(f"epoch {epoch + 1}/{args.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} "
+              f"| test loss {te['loss']:.4f} acc {te['acc']:.4f} | {tr['seconds']:.1f}s "
+              f"{tr['samples_per_s']:.0f} samples/s", flush=True)
+        if args.checkpoint:
+            extra = {"scheduler": sched.state_dict()} if sched is not None else {}
+            save_checkpoint(args.checkpoint, model, opt, epoch, history, task=args.task, **extra)
+    if args.plot:
+        plot_curves(history, args.plot, f"needle {args.task}")
+    return model, history
+
+
+def ptb_epoch(data, model, seq_len, opt=None, clip=None, device=None, desc="", progress=True):
+    """One pass over batchified PTB data; -> dict(loss, acc, ppl, seconds, tokens_per_s)."""
+    loss_fn = nn.SoftmaxLoss()
+    model.train() if opt is not None else model.eval()
+    nbatch = data.shape[0]
+    h = None
+    correct, total_loss, count = 0.0, 0.0, 0
+    start = time.perf_counter()
+    steps = range(0, nbatch - 1, seq_len)
+    bar = _progress(steps, len(steps), desc, progress)
+    for i in bar:
+        x, y = ndl.data.get_batch(data, i, seq_len, device=device)
+        out, h = model(x, h)
+        h = tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()
+        loss = loss_fn(out, y)
+        if opt is not None:
+            opt.reset_grad()
+            loss.backward()
+            if clip:
+                opt.clip_grad_norm(clip)
+            opt.step()
+        n = y.shape[0]
+        correct += float((out.numpy().argmax(axis=1) == y.numpy()).sum())
+        total_loss += float(loss.numpy()) * n
+        count += n
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{total_loss / count:.3f}", acc=f"{correct / count:.3f}",
+                        tok_s=f"{count / max(elapsed, 1e-9):.0f}", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - start
+    loss = total_loss / max(count, 1)
+    return {"loss": loss, "acc": correct / max(count, 1), "ppl": math.exp(min(loss, 50)),
+            "seconds": seconds, "tokens_per_s": count / max(seconds, 1e-9)}
+
+
+def run_ptb(args, device):
+    from apps.models import LanguageModel
+    corpus = ndl.data.Corpus(args.data, max_lines=args.max_lines, train_file=args.train_file,
+                             test_file=args.test_file)
+    train_ids = corpus.train if args.limit is None else corpus.train[:args.limit]
+    train = ndl.data.batchify(train_ids, args.batch_size, device=device)
+    test = ndl.data.batchify(corpus.test, args.batch_size, device=device)
+    np.random.seed(args.seed)
+    model = LanguageModel(args.embedding_size, len(corpus.dictionary), args.hidden_size,
+                          args.num_layers, args.seq_model, args.seq_len, device=device)
+    opt = make_optimizer(args, model.parameters())
+    sched = make_scheduler(args, opt)
+    history = {"train_loss": [], "train_ppl": [], "test_loss": [], "test_ppl": []}
+    start = 0
+    if args.resume and os.path.exists(args.checkpoint):
+        start, history, ckpt = load_checkpoint(args.checkpoint, model, opt)
+        if sched is not None and "scheduler" in ckpt:
+            sched.load_state_dict(ckpt["scheduler"])
+        print(f"resumed from {args.checkpoint} after epoch {start}")
+    progress = not args.no_progress
+    for epoch in range(start, args.epochs):
+        tr = ptb_epoch(train, model, args.seq_len, opt, args.clip, device,
+                       f"epoch {epoch + 1}/{args.epochs}", progress)
+        te = ptb_epoch(test, model, args.seq_len, None, None, device, "eval", progress)
+        if sched is not None:
+            sched.step()
+        for split, r in (("train", tr), ("test", te)):
+            history[f"{split}_loss"].append(r["loss"])
+            history[f"{split}_ppl"].append(r["ppl"])
+        print(f"epoch {epoch + 1}/{args.epochs}: train loss {tr['loss']:.3f} ppl {tr['ppl']:.1f} "
+              f"| test loss {te['loss']:.3f} ppl {te['ppl']:.1f} | {tr['seconds']:.1f}s "
+              f"{tr['tokens_per_s']:.0f} tokens/s", flush=True)
+        if args.checkpoint:
+            extra = {"scheduler": sched.state_dict()} if sched is not None else {}
+            save_checkpoint(args.checkpoint, model, opt, epoch, history, task=args.task, **extra)
+    if args.plot:
+        plot_curves(history, args.plot, f"needle ptb ({args.seq_model})")
+    return model, history
+
+
+def main(argv=None):
+    args = fill_defaults(build_parser().parse_args(argv))
+    device = get_device(args.device)
+    if args.task == "ptb":
+        return run_ptb(args, device)
+    return run_classification(args, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+from .data_basic import *
+from .data_transforms import *
+from .datasets import *
+from .datasets import mnist_dataset, ndarray_dataset, cifar10_dataset, ptb_dataset

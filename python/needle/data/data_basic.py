@@ -1,0 +1,72 @@
+"""Dataset and DataLoader (course semantics: numpy global RNG, one permutation per epoch)."""
+from typing import Any, Iterable, List, Optional
+
+import numpy as np
+
+from ..autograd import Tensor
+
+
+class Dataset:
+    """Abstract dataset: subclasses implement ``__getitem__`` and ``__len__``."""
+
+    def __init__(self, transforms: Optional[List] = None):
+        self.transforms = transforms
+
+    def __getitem__(self, index) -> object:
+        raise NotImplementedError(f"{type(self).__name__} does not implement __getitem__")
+
+    def __len__(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} does not implement __len__")
+
+    def apply_transforms(self, x):
+        if self.transforms is not None:
+            for tform in self.transforms:
+                x = tform(x)
+        return x
+
+
+class DataLoader:
+    """Iterates over a dataset in mini-batches of Tensors (one per dataset field).
+
+    Without shuffle the batches are ``np.array_split(np.arange(N), range(bs, N, bs))``.
+    With shuffle, each ``iter()`` draws exactly one ``np.random.permutation(N)``.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: Optional[int] = 1, shuffle: bool = False,
+                 device=None, dtype=None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size <= 0:
+            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.dtype = dtype
+        n = len(dataset)
+        self.ordering = np.array_split(np.arange(n), range(self.batch_size, n, self.batch_size))
+
+    def __len__(self):
+        return len(self.ordering)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            order = np.random.permutation(n)
+            self.ordering = np.array_split(order, range(self.batch_size, n, self.batch_size))
+        else:
+            self.ordering = np.array_split(np.arange(n), range(self.batch_size, n, self.batch_size))
+        self._batch = 0
+        return self
+
+    def __next__(self):
+        if self._batch >= len(self.ordering):
+            raise StopIteration
+        idx = self.ordering[self._batch]
+        self._batch += 1
+        fields = self.dataset[idx]
+        if not isinstance(fields, tuple):
+            fields = (fields,)
+        kwargs = {"device": self.device}
+        if self.dtype is not None:
+            kwargs["dtype"] = self.dtype
+        return tuple(Tensor(np.asarray(f), requires_grad=False, **kwargs) for f in fields)

@@ -1,0 +1,417 @@
+"""Module machinery and the basic layers (Linear, norms, losses, dropout, ...).
+
+Every layer takes and returns Tensors; parameters are created on ``device``
+with ``dtype`` in the order fixed by the API contract (the numpy RNG order is
+part of it), and tensors made during ``forward`` go on the input's device.
+"""
+from collections import OrderedDict
+from typing import Any, Dict, Iterator, List, Tuple
+
+import numpy as np
+
+import needle.init as init
+from needle import ops
+from needle.autograd import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor owned by a Module: collected by ``parameters()``, updated by optimizers."""
+
+
+def _unpack_params(value: object) -> List[Tensor]:
+    if isinstance(value, Parameter):
+        return [value]
+    if isinstance(value, Module):
+        return value.parameters()
+    if isinstance(value, dict):
+        params = []
+        for v in value.values():
+            params += _unpack_params(v)
+        return params
+    if isinstance(value, (list, tuple)):
+        params = []
+        for v in value:
+            params += _unpack_params(v)
+        return params
+    return []
+
+
+def _child_modules(value: object) -> List["Module"]:
+    if isinstance(value, Module):
+        return [value] + _child_modules(value.__dict__)
+    if isinstance(value, dict):
+        modules = []
+        for v in value.values():
+            modules += _child_modules(v)
+        return modules
+    if isinstance(value, (list, tuple)):
+        modules = []
+        for v in value:
+            modules += _child_modules(v)
+        return modules
+    return []
+
+
+def _named_entries(value: object, prefix: str) -> Iterator[Tuple[str, object, str, Tensor]]:
+    """Yield ``(dotted_name, owner_module, attribute, tensor)`` for parameters and buffers.
+
+    Names follow attribute paths (``modules.0.weight``, ``rnn_cells.1.W_ih``), the
+    way PyTorch's ``state_dict`` keys do.
+    """
+    if isinstance(value, Module):
+        for attr, v in value.__dict__.items():
+            name = f"{prefix}{attr}"
+            if isinstance(v, Parameter):
+                yield name, value, attr, v
+            elif attr in value._buffer_names and isinstance(v, Tensor):
+                yield name, value, attr, v
+            else:
+                yield from _named_entries(v, name + ".")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, Parameter):
+                yield f"{prefix}{k}", None, None, v
+            else:
+                yield from _named_entries(v, f"{prefix}{k}.")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            if isinstance(v, Parameter):
+                yield f"{prefix}{i}", None, None, v
+            else:
+                yield from _named_entries(v, f"{prefix}{i}.")
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return np.asarray(value.numpy())
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        return np.asarray(value.numpy())
+    return np.asarray(value)
+
+
+class Module:
+    """Base class of every layer. Subclasses call ``super().__init__()`` first."""
+
+    # Attribute names of non-trainable state saved in ``state_dict`` (e.g. running stats).
+    _buffer_names: Tuple[str, ...] = ()
+
+    def __init__(self):
+        self.training = True
+
+    def parameters(self) -> List[Tensor]:
+        """All Parameters reachable through attributes, in insertion order (no duplicates)."""
+        seen, unique = set(), []
+        for p in _unpack_params(self.__dict__):
+            if id(p) not in seen:
+                seen.add(id(p))
+                unique.append(p)
+        return unique
+
+    def _children(self) -> List["Module"]:
+        return _child_modules(self.__dict__)
+
+    def eval(self):
+        self.training = False
+        for m in self._children():
+            m.training = False
+        return self
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        for m in self._children():
+            m.training = bool(mode)
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def to(self, device):
+        """Move every parameter (in place) and buffer to ``device``; returns self."""
+        for name, owner, attr, t in _named_entries(self, ""):
+            if t.device == device:
+                continue
+            moved = Tensor(_as_numpy(t), device=device, dtype=t.dtype, requires_grad=False)
+            if isinstance(t, Parameter) or owner is None:
+                t.data = moved
+            else:
+                setattr(owner, attr, moved)
+        return self
+
+    # ----- checkpoints -------------------------------------------------
+    def named_parameters(self) -> List[Tuple[str, Tensor]]:
+        seen, out = set(), []
+        for name, _, _, t in _named_entries(self, ""):
+            if isinstance(t, Parameter) and id(t) not in seen:
+                seen.add(id(t))
+                out.append((name, t))
+        return out
+
+    def state_dict(self) -> "OrderedDict[str, Tensor]":
+        """Copies of every parameter and buffer (e.g. BatchNorm running stats), keyed by
+        dotted attribute path. Values are detached Tensors that later training does not change."""
+        state = OrderedDict()
+        for name, _, _, t in _named_entries(self, ""):
+            if name in state:
+                continue
+            state[name] = Tensor(_as_numpy(t).copy(), device=t.device, dtype=t.dtype,
+                                 requires_grad=False)
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True):
+        """Load values (Tensors, NDArrays or numpy arrays) saved by ``state_dict``.
+
+        Parameters are updated in place (optimizers keep working on them). Raises
+        KeyError naming missing (and, when ``strict``, unexpected) keys, and
+        ValueError on a shape mismatch, before changing anything.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"load_state_dict expects a dict, got {type(state_dict).__name__}")
+        entries = OrderedDict()
+        for name, owner, attr, t in _named_entries(self, ""):
+            entries.setdefault(name, (owner, attr, t))
+        missing = [k for k in entries if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in entries]
+        if missing or (strict and unexpected):
+            msg = []
+            if missing:
+                msg.append(f"missing keys {missing}")
+            if strict and unexpected:
+                msg.append(f"unexpected keys {unexpected}")
+            raise KeyError(f"load_state_dict for {type(self).__name__}: " + "; ".join(msg))
+        arrays = {}
+        for name, (_, _, t) in entries.items():
+            value = _as_numpy(state_dict[name])
+            if tuple(value.shape) != tuple(t.shape):
+                raise ValueError(
+                    f"load_state_dict: shape mismatch for {name!r}: checkpoint has "
+                    f"{tuple(value.shape)}, model has {tuple(t.shape)}")
+            arrays[name] = value
+        for name, (owner, attr, t) in entries.items():
+            new = Tensor(arrays[name].astype(_np_dtype(t.dtype)), device=t.device,
+                         dtype=t.dtype, requires_grad=False)
+            if isinstance(t, Parameter) or owner is None:
+                t.data = new
+            else:
+                setattr(owner, attr, new)
+        return self
+
+
+def _np_dtype(dtype) -> np.dtype:
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return np.dtype("float32")
+
+
+def one_hot(n, y, device, dtype):
+    """Same values as ``init.one_hot(n, y)`` built in O(len(y) * n).
+
+    (The device's one_hot indexes a full ``eye(n)``, which costs O(n^2): 0.2 s and
+    230 MB per call for a 7,596-word vocabulary.)
+    """
+    idx = np.asarray(y.numpy() if isinstance(y, Tensor) else y).astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"one_hot: indices must lie in [0, {n}), got range "
+                         f"[{idx.min()}, {idx.max()}]")
+    out = np.zeros((idx.size, n), dtype=np.float32)
+    out[np.arange(idx.size), idx.reshape(-1)] = 1.0
+    return Tensor(out.reshape(idx.shape + (n,)), device=device, dtype=dtype, requires_grad=False)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def _check_positive_int(name, value, owner):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+
+
+class Linear(Module):
+    """``y = x @ W + b`` with W (in, out); x may have extra leading dims."""
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype="float32"):
+        super().__init__()
+        _check_positive_int("in_features", in_features, "Linear")
+        _check_positive_int("out_features", out_features, "Linear")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = Parameter(init.kaiming_uniform(
+            in_features, out_features, device=device, dtype=dtype, requires_grad=True))
+        if bias:
+            self.bias = Parameter(init.kaiming_uniform(
+                out_features, 1, device=device, dtype=dtype,
+                requires_grad=True).reshape((1, out_features)))
+        else:
+            self.bias = None
+
+    def forward(self, X: Tensor) -> Tensor:
+        if X.shape[-1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}): input shape "
+                             f"{tuple(X.shape)} has last dim {X.shape[-1]}, expected {self.in_features}")
+        lead = tuple(X.shape[:-1])
+        x2 = X if len(X.shape) == 2 else X.reshape((_prod(lead), self.in_features))
+        out = x2 @ self.weight
+        if self.bias is not None:
+            out = out + self.bias.reshape((1, self.out_features)).broadcast_to(out.shape)
+        if len(X.shape) != 2:
+            out = out.reshape(lead + (self.out_features,))
+        return out
+
+
+class Flatten(Module):
+    """(B, d1, d2, ...) -> (B, d1*d2*...)."""
+
+    def forward(self, X):
+        return X.reshape((X.shape[0], _prod(X.shape[1:])))
+
+
+class ReLU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.relu(x)
+
+
+class Tanh(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return ops.tanh(x)
+
+
+class Sequential(Module):
+    def __init__(self, *modules):
+        super().__init__()
+        self.modules = modules
+
+    def forward(self, x: Tensor) -> Tensor:
+        for m in self.modules:
+            x = m(x)
+        return x
+
+
+class SoftmaxLoss(Module):
+    """Mean cross-entropy of ``logits`` (N, k) against integer labels ``y`` (N,)."""
+
+    def forward(self, logits: Tensor, y: Tensor):
+        if len(logits.shape) != 2:
+            raise ValueError(f"SoftmaxLoss: logits must be (N, k), got {tuple(logits.shape)}")
+        n, k = logits.shape
+        if tuple(y.shape) != (n,):
+            raise ValueError(f"SoftmaxLoss: labels must be ({n},) for logits {tuple(logits.shape)}, "
+                             f"got {tuple(y.shape)}")
+        y_one_hot = one_hot(k, y, device=logits.device, dtype=logits.dtype)
+        lse = ops.logsumexp(logits, axes=(1,))
+        true_logit = (logits * y_one_hot).sum(axes=(1,))
+        return (lse - true_logit).sum() / n
+
+
+class BatchNorm1d(Module):
+    """Batch normalisation over axis 0 of (N, dim) inputs, with running statistics."""
+
+    _buffer_names = ("running_mean", "running_var")
+
+    def __init__(self, dim, eps=1e-5, momentum=0.1, device=None, dtype="float32"):
+        super().__init__()
+        _check_positive_int("dim", dim, type(self).__name__)
+        self.dim = dim
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = Parameter(init.ones(dim, device=device, dtype=dtype, requires_grad=True))
+        self.bias = Parameter(init.zeros(dim, device=device, dtype=dtype, requires_grad=True))
+        self.running_mean = init.zeros(dim, device=device, dtype=dtype)
+        self.running_var = init.ones(dim, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if len(x.shape) != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"{type(self).__name__}({self.dim}): expected (N, {self.dim}) input, "
+                             f"got {tuple(x.shape)}")
+        n = x.shape[0]
+        row = (1, self.dim)
+        if self.training:
+            mean = x.sum(axes=(0,)) / n
+            xc = x - mean.reshape(row).broadcast_to(x.shape)
+            var = (xc ** 2).sum(axes=(0,)) / n
+            m = self.momentum
+            self.running_mean = ((1 - m) * self.running_mean + m * mean.detach()).detach()
+            self.running_var = ((1 - m) * self.running_var + m * var.detach()).detach()
+        else:
+            xc = x - self.running_mean.reshape(row).broadcast_to(x.shape)
+            var = self.running_var
+        std = ((var + self.eps) ** 0.5).reshape(row).broadcast_to(x.shape)
+        w = self.weight.reshape(row).broadcast_to(x.shape)
+        b = self.bias.reshape(row).broadcast_to(x.shape)
+        return w * (xc / std) + b
+
+
+class BatchNorm2d(BatchNorm1d):
+    """BatchNorm over N, H, W of an NCHW input (channels are the features)."""
+
+    def forward(self, x: Tensor):
+        if len(x.shape) != 4 or x.shape[1] != self.dim:
+            raise ValueError(f"BatchNorm2d({self.dim}): expected (N, {self.dim}, H, W) input, "
+                             f"got {tuple(x.shape)}")
+        s = x.shape
+        _x = x.transpose((1, 2)).transpose((2, 3)).reshape((s[0] * s[2] * s[3], s[1]))
+        y = super().forward(_x).reshape((s[0], s[2], s[3], s[1]))
+        return y.transpose((2, 3)).transpose((1, 2))
+
+
+class LayerNorm1d(Module):
+    """Normalise over the last axis (biased variance); inputs may have leading dims."""
+
+    def __init__(self, dim, eps=1e-5, device=None, dtype="float32"):
+        super().__init__()
+        _check_positive_int("dim", dim, "LayerNorm1d")
+        self.dim = dim
+        self.eps = eps
+        self.weight = Parameter(init.ones(dim, device=device, dtype=dtype, requires_grad=True))
+        self.bias = Parameter(init.zeros(dim, device=device, dtype=dtype, requires_grad=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"LayerNorm1d({self.dim}): input {tuple(x.shape)} has last dim "
+                             f"{x.shape[-1]}")
+        shape = tuple(x.shape)
+        last = len(shape) - 1
+        keep = shape[:-1] + (1,)
+        mean = (x.sum(axes=(last,)) / self.dim).reshape(keep).broadcast_to(shape)
+        xc = x - mean
+        var = ((xc ** 2).sum(axes=(last,)) / self.dim).reshape(keep).broadcast_to(shape)
+        xhat = xc / ((var + self.eps) ** 0.5)
+        lead = (1,) * last + (self.dim,)
+        w = self.weight.reshape(lead).broadcast_to(shape)
+        b = self.bias.reshape(lead).broadcast_to(shape)
+        return w * xhat + b
+
+
+class Dropout(Module):
+    """Training: zero each element with probability p and scale the rest by 1/(1-p)."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        mask = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
+        if self.p == 1.0:
+            return x * mask
+        return x * mask / (1 - self.p)
+
+
+class Residual(Module):
+    def __init__(self, fn: Module):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x) + x

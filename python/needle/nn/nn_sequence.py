@@ -1,0 +1,191 @@
+"""Sequence layers: Embedding, RNN and LSTM (cells and multi-layer). Inputs are
+sequence-first, (seq_len, batch, features), and gate order matches PyTorch."""
+import numpy as np
+
+import needle.init as init
+from needle import ops
+from needle.autograd import Tensor
+
+from .nn_basic import Module, Parameter, one_hot
+
+
+class Sigmoid(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return _sigmoid(x)
+
+
+def _sigmoid(x: Tensor) -> Tensor:
+    op = getattr(ops, "sigmoid", None)
+    if op is not None:
+        return op(x)
+    return (1 + ops.exp(-x)) ** -1
+
+
+def _uniform(shape, bound, device, dtype):
+    return Parameter(init.rand(*shape, low=-bound, high=bound, device=device, dtype=dtype,
+                               requires_grad=True))
+
+
+def _check_input(x, input_size, owner, ndim):
+    if len(x.shape) != ndim or x.shape[-1] != input_size:
+        want = "(batch, input_size)" if ndim == 2 else "(seq_len, batch, input_size)"
+        raise ValueError(f"{owner}: expected {want} with input_size={input_size}, "
+                         f"got {tuple(x.shape)}")
+
+
+class RNNCell(Module):
+    """``h' = act(X @ W_ih + b_ih + h @ W_hh + b_hh)`` with act tanh or relu."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype="float32"):
+        super().__init__()
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.nonlinearity = nonlinearity
+        bound = 1.0 / np.sqrt(hidden_size)
+        self.W_ih = _uniform((input_size, hidden_size), bound, device, dtype)
+        self.W_hh = _uniform((hidden_size, hidden_size), bound, device, dtype)
+        if bias:
+            self.bias_ih = _uniform((hidden_size,), bound, device, dtype)
+            self.bias_hh = _uniform((hidden_size,), bound, device, dtype)
+        else:
+            self.bias_ih = None
+            self.bias_hh = None
+
+    def forward(self, X, h=None):
+        _check_input(X, self.input_size, "RNNCell", 2)
+        bs = X.shape[0]
+        out = X @ self.W_ih
+        if h is not None:
+            out = out + h @ self.W_hh
+        if self.bias_ih is not None:
+            shape = (1, self.hidden_size)
+            out = out + self.bias_ih.reshape(shape).broadcast_to((bs, self.hidden_size))
+            out = out + self.bias_hh.reshape(shape).broadcast_to((bs, self.hidden_size))
+        return ops.tanh(out) if self.nonlinearity == "tanh" else ops.relu(out)
+
+
+class RNN(Module):
+    """Stacked RNN: forward(X (T, B, in), h0 (L, B, H)) -> (output (T, B, H), h_n (L, B, H))."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, nonlinearity="tanh",
+                 device=None, dtype="float32"):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"RNN: num_layers must be >= 1, got {num_layers}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.rnn_cells = [RNNCell(input_size if k == 0 else hidden_size, hidden_size, bias,
+                                  nonlinearity, device, dtype) for k in range(num_layers)]
+
+    def forward(self, X, h0=None):
+        _check_input(X, self.input_size, "RNN", 3)
+        seq_len = X.shape[0]
+        hs = [None] * self.num_layers if h0 is None else list(ops.split(h0, 0))
+        inputs = list(ops.split(X, 0))
+        for k, cell in enumerate(self.rnn_cells):
+            h = hs[k]
+            outputs = []
+            for t in range(seq_len):
+                h = cell(inputs[t], h)
+                outputs.append(h)
+            hs[k] = h
+            inputs = outputs
+        return ops.stack(inputs, 0), ops.stack(hs, 0)
+
+
+class LSTMCell(Module):
+    """Gates ``X@W_ih + b_ih + h@W_hh + b_hh`` split into i, f, g, o (PyTorch order)."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype="float32"):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        bound = 1.0 / np.sqrt(hidden_size)
+        self.W_ih = _uniform((input_size, 4 * hidden_size), bound, device, dtype)
+        self.W_hh = _uniform((hidden_size, 4 * hidden_size), bound, device, dtype)
+        if bias:
+            self.bias_ih = _uniform((4 * hidden_size,), bound, device, dtype)
+            self.bias_hh = _uniform((4 * hidden_size,), bound, device, dtype)
+        else:
+            self.bias_ih = None
+            self.bias_hh = None
+
+    def forward(self, X, h=None):
+        _check_input(X, self.input_size, "LSTMCell", 2)
+        bs = X.shape[0]
+        H = self.hidden_size
+        h0, c0 = (None, None) if h is None else h
+        gates = X @ self.W_ih
+        if h0 is not None:
+            gates = gates + h0 @ self.W_hh
+        if self.bias_ih is not None:
+            gates = gates + self.bias_ih.reshape((1, 4 * H)).broadcast_to((bs, 4 * H))
+            gates = gates + self.bias_hh.reshape((1, 4 * H)).broadcast_to((bs, 4 * H))
+        # (bs, 4H) -> (bs, 4, H) -> four (bs, H) blocks in i, f, g, o order.
+        blocks = ops.split(gates.reshape((bs, 4, H)), 1)
+        i, f, g, o = (_sigmoid(blocks[0]), _sigmoid(blocks[1]), ops.tanh(blocks[2]),
+                      _sigmoid(blocks[3]))
+        c = i * g if c0 is None else f * c0 + i * g
+        return o * ops.tanh(c), c
+
+
+class LSTM(Module):
+    """Stacked LSTM: forward(X (T, B, in), (h0, c0) each (L, B, H)) ->
+    (output (T, B, H), (h_n, c_n))."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, device=None,
+                 dtype="float32"):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"LSTM: num_layers must be >= 1, got {num_layers}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.lstm_cells = [LSTMCell(input_size if k == 0 else hidden_size, hidden_size, bias,
+                                    device, dtype) for k in range(num_layers)]
+
+    def forward(self, X, h=None):
+        _check_input(X, self.input_size, "LSTM", 3)
+        seq_len = X.shape[0]
+        if h is None:
+            hs = [None] * self.num_layers
+            cs = [None] * self.num_layers
+        else:
+            hs = list(ops.split(h[0], 0))
+            cs = list(ops.split(h[1], 0))
+        inputs = list(ops.split(X, 0))
+        for k, cell in enumerate(self.lstm_cells):
+            state = None if hs[k] is None else (hs[k], cs[k])
+            outputs = []
+            for t in range(seq_len):
+                state = cell(inputs[t], state)
+                outputs.append(state[0])
+            hs[k], cs[k] = state
+            inputs = outputs
+        return ops.stack(inputs, 0), (ops.stack(hs, 0), ops.stack(cs, 0))
+
+
+class Embedding(Module):
+    """Lookup table: x (seq_len, bs) of indices -> (seq_len, bs, embedding_dim)."""
+
+    def __init__(self, num_embeddings, embedding_dim, device=None, dtype="float32"):
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.weight = Parameter(init.randn(num_embeddings, embedding_dim, device=device,
+                                           dtype=dtype, requires_grad=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        idx = np.asarray(x.numpy())
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
+            raise ValueError(f"Embedding({self.num_embeddings}, {self.embedding_dim}): indices "
+                             f"must be in [0, {self.num_embeddings}), got range "
+                             f"[{idx.min()}, {idx.max()}]")
+        n = int(np.prod(x.shape))
+        rows = one_hot(self.num_embeddings, idx.reshape(n), x.device, self.weight.dtype)
+        out = rows @ self.weight
+        return out.reshape(tuple(x.shape) + (self.embedding_dim,))

@@ -1,0 +1,288 @@
+"""Optimizers (SGD, Adam, AdamW), gradient clipping and learning-rate schedulers.
+
+Updates run on the parameters' raw arrays (NDArray, or numpy in np mode) and are
+written back through ``p.data``, so no autograd graph is ever built and the
+number of live Tensors stays flat across steps. ``p.grad`` is never modified
+by ``step()``.
+"""
+import math
+
+import numpy as np
+
+from .autograd import Tensor
+
+
+def _raw(t):
+    return t.realize_cached_data()
+
+
+def _keep_dtype(arr, p):
+    """Cast numpy results back to the parameter's dtype (np mode can promote)."""
+    if isinstance(arr, np.ndarray) and arr.dtype != np.dtype(p.dtype):
+        return arr.astype(p.dtype)
+    return arr
+
+
+def _set_param(p, arr):
+    p.data = Tensor(_keep_dtype(arr, p), device=p.device, dtype=p.dtype, requires_grad=False)
+
+
+def _sum_squares(arr) -> float:
+    if isinstance(arr, np.ndarray):
+        return float(np.sum(arr.astype(np.float64) ** 2))
+    return float(np.asarray((arr * arr).sum().numpy()).reshape(-1)[0])
+
+
+def _as_numpy(arr):
+    return np.array(arr if isinstance(arr, np.ndarray) else arr.numpy())
+
+
+def clip_grad_norm(params, max_norm, eps=1e-6):
+    """Scale all gradients in ``params`` so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping. Scaling is by ``max_norm / (norm + eps)`` when that
+    is below 1 (PyTorch semantics). Parameters without a gradient are skipped.
+    """
+    if max_norm <= 0:
+        raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
+    params = [p for p in params if getattr(p, "grad", None) is not None]
+    total = math.sqrt(sum(_sum_squares(_raw(p.grad)) for p in params))
+    coef = max_norm / (total + eps)
+    if coef < 1:
+        for p in params:
+            g = _raw(p.grad) * coef
+            p.grad = Tensor(_keep_dtype(g, p), device=p.device, dtype=p.dtype,
+                            requires_grad=False)
+    return total
+
+
+class Optimizer:
+    """Base class: holds ``params``; ``step()`` updates them; ``reset_grad()`` clears grads."""
+
+    def __init__(self, params):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+
+    def step(self):
+        raise NotImplementedError(f"{type(self).__name__} does not implement step()")
+
+    def reset_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    zero_grad = reset_grad
+
+    def clip_grad_norm(self, max_norm=0.25):
+        return clip_grad_norm(self.params, max_norm)
+
+    # ----- checkpoints -------------------------------------------------
+    _hyper = ("lr",)
+    _slots = ()
+
+    def state_dict(self):
+        """Hyper-parameters, step count and per-parameter state (numpy, by parameter index)."""
+        state = {name: {} for name in self._slots}
+        for name in self._slots:
+            store = getattr(self, name)
+            for i, p in enumerate(self.params):
+                if p in store:
+                    state[name][i] = _as_numpy(store[p])
+        return {"type": type(self).__name__,
+                "hyper": {h: getattr(self, h) for h in self._hyper},
+                "t": getattr(self, "t", 0),
+                "num_params": len(self.params),
+                "state": state}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict) or "state" not in state:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: not an optimizer state dict")
+        if state.get("type") != type(self).__name__:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state was saved by "
+                             f"{state.get('type')!r}")
+        if state.get("num_params") != len(self.params):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state has "
+                             f"{state.get('num_params')} parameters, optimizer has "
+                             f"{len(self.params)}")
+        for name in self._slots:
+            for i, arr in state["state"].get(name, {}).items():
+                arr = np.asarray(arr.numpy() if hasattr(arr, "numpy") else arr)
+                p = self.params[int(i)]
+                if tuple(arr.shape) != tuple(p.shape):
+                    raise ValueError(f"{type(self).__name__}.load_state_dict: {name}[{i}] has "
+                                     f"shape {arr.shape}, parameter has {tuple(p.shape)}")
+        for h, v in state["hyper"].items():
+            setattr(self, h, v)
+        if hasattr(self, "t"):
+            self.t = state.get("t", 0)
+        for name in self._slots:
+            store = getattr(self, name)
+            store.clear()
+            for i, arr in state["state"].get(name, {}).items():
+                p = self.params[int(i)]
+                arr = np.asarray(arr.numpy() if hasattr(arr, "numpy") else arr)
+                store[p] = _raw(Tensor(arr, device=p.device, dtype=p.dtype, requires_grad=False))
+        return self
+
+
+class SGD(Optimizer):
+    """``g = grad + wd*p``; ``u = momentum*u + (1-momentum)*g``; ``p -= lr*u``."""
+
+    _hyper = ("lr", "momentum", "weight_decay")
+    _slots = ("u",)
+
+    def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0):
+        super().__init__(params)
+        if lr < 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(f"SGD: need lr >= 0, 0 <= momentum < 1, weight_decay >= 0; got "
+                             f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}")
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.u = {}
+
+    def step(self):
+        for p in self.params:
+            if getattr(p, "grad", None) is None:
+                continue
+            w = _raw(p)
+            g = _raw(p.grad)
+            if self.weight_decay:
+                g = g + w * self.weight_decay
+            if self.momentum:
+                u = self.u.get(p)
+                u = g * (1 - self.momentum) if u is None else \
+                    u * self.momentum + g * (1 - self.momentum)
+                self.u[p] = u
+            else:
+                u = g
+            _set_param(p, w - u * self.lr)
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; ``weight_decay`` is L2 folded into the gradient."""
+
+    _hyper = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    _slots = ("m", "v")
+
+    def __init__(self, params, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        super().__init__(params)
+        if lr < 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"{type(self).__name__}: invalid hyper-parameters lr={lr}, "
+                             f"beta1={beta1}, beta2={beta2}, eps={eps}, "
+                             f"weight_decay={weight_decay}")
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.t = 0
+        self.m = {}
+        self.v = {}
+
+    def _l2(self):
+        return self.weight_decay
+
+    def step(self):
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        c1 = 1 - b1 ** self.t
+        c2 = 1 - b2 ** self.t
+        l2 = self._l2()
+        for p in self.params:
+            if getattr(p, "grad", None) is None:
+                continue
+            w = _raw(p)
+            g = _raw(p.grad)
+            if l2:
+                g = g + w * l2
+            m = self.m.get(p)
+            v = self.v.get(p)
+            m = g * (1 - b1) if m is None else m * b1 + g * (1 - b1)
+            v = (g * g) * (1 - b2) if v is None else v * b2 + (g * g) * (1 - b2)
+            self.m[p] = m
+            self.v[p] = v
+            update = (m / c1) / ((v / c2) ** 0.5 + self.eps)
+            w = self._decay(w)
+            _set_param(p, w - update * self.lr)
+
+    def _decay(self, w):
+        return w
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: ``p -= lr*wd*p`` before the Adam update."""
+
+    def __init__(self, params, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                         weight_decay=weight_decay)
+
+    def _l2(self):
+        return 0.0
+
+    def _decay(self, w):
+        if self.weight_decay:
+            return w * (1 - self.lr * self.weight_decay)
+        return w
+
+
+# ----- learning-rate schedulers (PyTorch style: ``step()`` after each epoch) -----
+
+class LRScheduler:
+    """Sets ``optimizer.lr`` from the epoch counter; ``step()`` advances it by one."""
+
+    def __init__(self, optimizer, last_epoch=-1):
+        if not hasattr(optimizer, "lr"):
+            raise TypeError(f"{type(self).__name__}: {type(optimizer).__name__} has no lr")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_epoch = last_epoch
+        self.step()
+
+    def get_lr(self, epoch):
+        raise NotImplementedError
+
+    def step(self):
+        self.last_epoch += 1
+        self.optimizer.lr = self.get_lr(self.last_epoch)
+        return self.optimizer.lr
+
+    def get_last_lr(self):
+        return self.optimizer.lr
+
+    def state_dict(self):
+        return {"base_lr": self.base_lr, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state):
+        self.base_lr = state["base_lr"]
+        self.last_epoch = state["last_epoch"]
+        self.optimizer.lr = self.get_lr(self.last_epoch)
+
+
+class StepLR(LRScheduler):
+    """``lr = base_lr * gamma ** (epoch // step_size)``."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
+        if step_size <= 0:
+            raise ValueError(f"StepLR: step_size must be > 0, got {step_size}")
+        self.step_size = step_size
+        self.gamma = gamma
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
+        if T_max <= 0:
+            raise ValueError(f"CosineAnnealingLR: T_max must be > 0, got {T_max}")
+        self.T_max = T_max
+        self.eta_min = eta_min
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self, epoch):
+        return self.eta_min + (self.base_lr - self.eta_min) * (
+            1 + math.cos(math.pi * epoch / self.T_max)) / 2
