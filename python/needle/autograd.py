@@ -90,18 +90,17 @@ class TensorTupleOp(Op):
 
 def _check_inputs(op, inputs):
     """Inputs must be Values on one device: clear TypeError/ValueError otherwise."""
-    name = type(op).__name__
     device = None
     for i, x in enumerate(inputs):
         if not isinstance(x, Value):
-            raise TypeError(f"{name}: input {i} must be a Tensor, got {type(x).__name__}")
+            raise TypeError(f"{type(op).__name__}: input {i} must be a Tensor, got {type(x).__name__}")
         if BACKEND == "nd" and isinstance(x, Tensor):
-            d = x.realize_cached_data().device
+            data = x.cached_data if x.cached_data is not None else x.realize_cached_data()
             if device is None:
-                device = d
-            elif d is not device and d != device:
+                device = data.device
+            elif data.device is not device and data.device != device:
                 shapes = ", ".join(f"{tuple(t.shape)} on {t.device}" for t in inputs if isinstance(t, Tensor))
-                raise ValueError(f"{name}: inputs are on different devices ({shapes})")
+                raise ValueError(f"{type(op).__name__}: inputs are on different devices ({shapes})")
 
 
 class Value:
@@ -117,7 +116,9 @@ class Value:
         """The node's array, computed (once) from its inputs if needed."""
         if self.cached_data is not None:
             return self.cached_data
-        data = self.op.compute(*[x.realize_cached_data() for x in self.inputs])
+        data = self.op.compute(
+            *[x.cached_data if x.cached_data is not None else x.realize_cached_data() for x in self.inputs]
+        )
         if array_api is numpy and not isinstance(data, (numpy.ndarray, tuple)):
             data = numpy.asarray(data)  # numpy turns 0-d results into scalars
         self.cached_data = data
@@ -134,7 +135,12 @@ class Value:
         global TENSOR_COUNTER
         TENSOR_COUNTER += 1
         if requires_grad is None:
-            requires_grad = _GRAD_ENABLED and any(x.requires_grad for x in inputs)
+            requires_grad = False
+            if _GRAD_ENABLED:
+                for x in inputs:
+                    if x.requires_grad:
+                        requires_grad = True
+                        break
         self.op = op
         self.inputs = list(inputs)
         self.num_outputs = num_outputs

@@ -83,7 +83,13 @@ class BackendDevice:
         return arr
 
 
+_INT_TYPES = {int}
+
+
 def _shape_tuple(shape):
+    """Validated shape as a tuple of non-negative Python ints."""
+    if type(shape) is tuple and set(map(type, shape)) <= _INT_TYPES and min(shape, default=0) >= 0:
+        return shape
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     shape = tuple(shape)

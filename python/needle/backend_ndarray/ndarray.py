@@ -53,7 +53,13 @@ def _new(shape, strides, device, handle, offset):
 
 def _alloc(shape, device):
     """A new compact array of a validated shape."""
-    return _new(shape, _compact_strides(shape), device, device.Array(math.prod(shape)), 0)
+    array = object.__new__(NDArray)
+    array._shape = shape
+    array._strides = _compact_strides(shape)
+    array._offset = 0
+    array._device = device
+    array._handle = device.Array(math.prod(shape))
+    return array
 
 
 def _normalize_axes(axis, ndim, what):
@@ -384,10 +390,10 @@ class NDArray:
         if isinstance(other, NDArray):
             if other._shape != self._shape or other._device != self._device:
                 self._check_same(other, what)
-            if out.size:
+            if out._handle.size:
                 ewise_func(self.compact()._handle, other.compact()._handle, out._handle)
         elif _is_scalar(other):
-            if out.size:
+            if out._handle.size:
                 scalar_func(self.compact()._handle, float(other), out._handle)
         else:
             raise TypeError(f"{what}: operand must be an NDArray or a number, got {type(other).__name__}")

@@ -31,7 +31,7 @@ def _norm_axes(axes, ndim, op):
 
 
 def _check_same_shape(op, a, b):
-    if tuple(a.shape) != tuple(b.shape):
+    if a.shape != b.shape and tuple(a.shape) != tuple(b.shape):
         raise ValueError(
             f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ (needle does not broadcast "
             f"implicitly; use broadcast_to)"
