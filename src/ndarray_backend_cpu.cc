@@ -13,17 +13,22 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
+
+#include <sys/mman.h>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "cpu_gemm.h"
+#include "cpu_threads.h"
 
 namespace needle {
 namespace cpu {
@@ -48,32 +53,112 @@ std::string shape_str(const Shape& s) {
 // ---------------------------------------------------------------------------
 // Memory
 // ---------------------------------------------------------------------------
+// Large buffers come from a small cache of freed blocks: a training step
+// allocates the same shapes every iteration, and a fresh multi-megabyte
+// buffer costs a page fault per 4 KiB on first touch (a 64 MiB ewise_add ran
+// at half speed into a fresh output). Fresh large blocks are 2 MiB aligned and
+// marked for transparent huge pages. The cache holds at most kCacheBytes.
+constexpr size_t kLargeBytes = size_t(1) << 20;
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kCacheBytes = size_t(512) << 20;
+
+class BlockCache {
+ public:
+  static BlockCache& get() {
+    static BlockCache* cache = new BlockCache();  // leaked: outlives every array
+    return *cache;
+  }
+  // bytes is already rounded to a multiple of kAlignment.
+  float* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(bytes);
+      if (it != free_.end() && !it->second.empty()) {
+        float* p = it->second.back();
+        it->second.pop_back();
+        cached_ -= bytes;
+        return p;
+      }
+    }
+    void* p = std::aligned_alloc(kHugePage, ((bytes + kHugePage - 1) / kHugePage) * kHugePage);
+    if (p == nullptr) {
+      trim();
+      p = std::aligned_alloc(kHugePage, ((bytes + kHugePage - 1) / kHugePage) * kHugePage);
+      if (p == nullptr) return nullptr;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(p, ((bytes + kHugePage - 1) / kHugePage) * kHugePage, MADV_HUGEPAGE);
+#endif
+    return static_cast<float*>(p);
+  }
+  void give(float* p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + bytes <= kCacheBytes) {
+        free_[bytes].push_back(p);
+        cached_ += bytes;
+        return;
+      }
+    }
+    std::free(p);
+  }
+  void trim() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& kv : free_)
+      for (float* p : kv.second) std::free(p);
+    free_.clear();
+    cached_ = 0;
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<float*>> free_;
+  size_t cached_ = 0;
+};
+
 struct AlignedArray {
   explicit AlignedArray(int64_t size) : size(size) {
     if (size < 0) throw std::invalid_argument("Array size must be >= 0, got " + std::to_string(size));
-    size_t bytes = std::max<size_t>(kAlignment, ((size_t(size) * sizeof(float) + kAlignment - 1) / kAlignment) * kAlignment);
-    ptr = static_cast<float*>(std::aligned_alloc(kAlignment, bytes));
+    bytes = std::max<size_t>(kAlignment, ((size_t(size) * sizeof(float) + kAlignment - 1) / kAlignment) * kAlignment);
+    ptr = bytes >= kLargeBytes ? BlockCache::get().take(bytes)
+                               : static_cast<float*>(std::aligned_alloc(kAlignment, bytes));
     if (ptr == nullptr) throw std::bad_alloc();
   }
-  ~AlignedArray() { std::free(ptr); }
+  ~AlignedArray() {
+    if (bytes >= kLargeBytes) {
+      BlockCache::get().give(ptr, bytes);
+    } else {
+      std::free(ptr);
+    }
+  }
   AlignedArray(const AlignedArray&) = delete;
   AlignedArray& operator=(const AlignedArray&) = delete;
   size_t ptr_as_int() const { return reinterpret_cast<size_t>(ptr); }
 
   float* ptr;
   int64_t size;
+  size_t bytes;
 };
 
-int num_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
+// Splits [0, n) into pieces of at least `grain` elements and runs
+// body(begin, end) on the pool's threads; one piece (serial) when small.
+template <typename Body>
+void parallel_range(int64_t n, int64_t grain, Body body) {
+  const int64_t nt = pool_threads();
+  if (nt <= 1 || n <= grain) {
+    body(int64_t(0), n);
+    return;
+  }
+  // A few pieces per thread so a thread that loses its core is covered by the others.
+  const int64_t pieces = std::min<int64_t>((n + grain - 1) / grain, nt * 4);
+  parallel_for(pieces, [&](int64_t t) { body(n * t / pieces, n * (t + 1) / pieces); });
 }
+
+int num_threads() { return pool_threads(); }
 
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("set_num_threads: need n >= 1, got " + std::to_string(n));
+  set_pool_threads(n);
 #ifdef _OPENMP
   omp_set_num_threads(n);
 #endif
@@ -140,33 +225,72 @@ void for_each_run(const StridedView& v, Body body) {
   const int64_t inner = v.shape[ndim - 1];
   const int64_t inner_stride = v.strides[ndim - 1];
   const int64_t runs = v.size / inner;
-#pragma omp parallel if (v.size > kParallelThreshold && runs > 1)
-  {
-#ifdef _OPENMP
-    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-#else
-    const int64_t nt = 1, tid = 0;
-#endif
-    const int64_t begin = runs * tid / nt, end = runs * (tid + 1) / nt;
-    if (begin < end) {
-      Shape idx(ndim, 0);
-      int64_t rem = begin, off = v.offset;
+  const int64_t grain = std::max<int64_t>(1, kParallelThreshold / std::max<int64_t>(inner, 1));
+  parallel_range(runs, grain, [&](int64_t begin, int64_t end) {
+    Shape idx(ndim, 0);
+    int64_t rem = begin, off = v.offset;
+    for (int d = ndim - 2; d >= 0; --d) {
+      idx[d] = rem % v.shape[d];
+      rem /= v.shape[d];
+      off += idx[d] * v.strides[d];
+    }
+    for (int64_t r = begin; r < end; ++r) {
+      body(r * inner, off, inner, inner_stride);
       for (int d = ndim - 2; d >= 0; --d) {
-        idx[d] = rem % v.shape[d];
-        rem /= v.shape[d];
-        off += idx[d] * v.strides[d];
+        off += v.strides[d];
+        if (++idx[d] < v.shape[d]) break;
+        off -= idx[d] * v.strides[d];
+        idx[d] = 0;
       }
-      for (int64_t r = begin; r < end; ++r) {
-        body(r * inner, off, inner, inner_stride);
-        for (int d = ndim - 2; d >= 0; --d) {
-          off += v.strides[d];
-          if (++idx[d] < v.shape[d]) break;
-          off -= idx[d] * v.strides[d];
-          idx[d] = 0;
+    }
+  });
+}
+
+// A view whose innermost dim is strided but another dim u has unit stride
+// (a transpose or permutation): copy it plane by plane in kBlock x kBlock
+// tiles, so reads run along u and writes along the last dim, both within
+// cache lines. Returns false (caller takes the run-by-run path) otherwise.
+constexpr int64_t kBlock = 32;
+
+bool compact_transposed(const StridedView& v, const float* src, float* dst) {
+  const int ndim = static_cast<int>(v.shape.size());
+  if (ndim < 2 || v.strides[ndim - 1] == 1) return false;
+  int u = -1;
+  for (int d = ndim - 2; d >= 0; --d)
+    if (v.strides[d] == 1) { u = d; break; }
+  if (u < 0 || v.shape[u] < kBlock / 2 || v.shape[ndim - 1] < kBlock / 2) return false;
+  const int64_t nu = v.shape[u], nl = v.shape[ndim - 1], sl = v.strides[ndim - 1];
+  // Compact (output) strides of dim u and of the other dims.
+  Shape ostr(ndim, 1);
+  for (int d = ndim - 2; d >= 0; --d) ostr[d] = ostr[d + 1] * v.shape[d + 1];
+  const int64_t plane_count = v.size / (nu * nl);
+  const int64_t ublocks = (nu + kBlock - 1) / kBlock;
+  const int64_t ou = ostr[u];
+  parallel_range(plane_count * ublocks, std::max<int64_t>(1, kParallelThreshold / (kBlock * nl)),
+                 [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t plane = t / ublocks, ub = t % ublocks;
+      // Offsets of this plane: decompose over every dim except u and the last.
+      int64_t rem = plane, soff = v.offset, doff = 0;
+      for (int d = ndim - 2; d >= 0; --d) {
+        if (d == u) continue;
+        const int64_t i = rem % v.shape[d];
+        rem /= v.shape[d];
+        soff += i * v.strides[d];
+        doff += i * ostr[d];
+      }
+      const int64_t u0 = ub * kBlock, u1 = std::min(nu, u0 + kBlock);
+      for (int64_t l0 = 0; l0 < nl; l0 += kBlock) {
+        const int64_t l1 = std::min(nl, l0 + kBlock);
+        for (int64_t i = u0; i < u1; ++i) {
+          const float* s = src + soff + i + l0 * sl;
+          float* o = dst + doff + i * ou + l0;
+          for (int64_t l = 0; l < l1 - l0; ++l) o[l] = s[l * sl];
         }
       }
     }
-  }
+  });
+  return true;
 }
 
 void Compact(const AlignedArray& a, AlignedArray* out, Shape shape, Shape strides, int64_t offset) {
@@ -179,8 +303,11 @@ void Compact(const AlignedArray& a, AlignedArray* out, Shape shape, Shape stride
   if (v.size == 0) return;
   const float* src = a.ptr;
   float* dst = out->ptr;
+  if (compact_transposed(v, src, dst)) return;
   for_each_run(v, [&](int64_t i, int64_t off, int64_t n, int64_t s) {
-    if (s == 1) {
+    if (s == 0) {
+      std::fill(dst + i, dst + i + n, src[off]);
+    } else if (s == 1) {
       std::memcpy(dst + i, src + off, size_t(n) * sizeof(float));
     } else {
       for (int64_t k = 0; k < n; ++k) dst[i + k] = src[off + k * s];
@@ -223,9 +350,7 @@ void ScalarSetitem(int64_t size, float val, AlignedArray* out, Shape shape, Shap
 
 void Fill(AlignedArray* out, float val) {
   float* o = out->ptr;
-  const int64_t n = out->size;
-#pragma omp parallel for simd schedule(static) if (n > kParallelThreshold)
-  for (int64_t i = 0; i < n; ++i) o[i] = val;
+  parallel_range(out->size, kParallelThreshold, [&](int64_t lo, int64_t hi) { std::fill(o + lo, o + hi, val); });
 }
 
 // ---------------------------------------------------------------------------
@@ -256,9 +381,11 @@ void ewise(const char* fn, const AlignedArray& a, const AlignedArray& b, Aligned
   const float* y = b.ptr;
   float* o = out->ptr;
   const int64_t n = out->size;
-  F f;
-#pragma omp parallel for simd schedule(static) if (n > kParallelThreshold)
-  for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
+  parallel_range(n, kParallelThreshold, [&](int64_t lo, int64_t hi) {
+    F f;
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) o[i] = f(x[i], y[i]);
+  });
 }
 
 template <typename F>
@@ -267,9 +394,11 @@ void scalar(const char* fn, const AlignedArray& a, float val, AlignedArray* out)
   const float* x = a.ptr;
   float* o = out->ptr;
   const int64_t n = out->size;
-  F f;
-#pragma omp parallel for simd schedule(static) if (n > kParallelThreshold)
-  for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], val);
+  parallel_range(n, kParallelThreshold, [&](int64_t lo, int64_t hi) {
+    F f;
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) o[i] = f(x[i], val);
+  });
 }
 
 template <typename F>
@@ -278,9 +407,11 @@ void unary(const char* fn, const AlignedArray& a, AlignedArray* out) {
   const float* x = a.ptr;
   float* o = out->ptr;
   const int64_t n = out->size;
-  F f;
-#pragma omp parallel for simd schedule(static) if (n > kParallelThreshold)
-  for (int64_t i = 0; i < n; ++i) o[i] = f(x[i]);
+  parallel_range(n, kParallelThreshold, [&](int64_t lo, int64_t hi) {
+    F f;
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) o[i] = f(x[i]);
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -293,26 +424,67 @@ void check_reduce(const char* fn, const AlignedArray& a, const AlignedArray& out
                                 std::to_string(out.size) + " x " + std::to_string(reduce_size));
 }
 
+// Sum of n contiguous floats: 4 x 16 independent partial sums so the adds
+// pipeline and vectorise without -ffast-math reassociation.
+float sum_contiguous(const float* x, int64_t n) {
+  constexpr int L = 64;
+  float part[L] = {};
+  int64_t k = 0;
+  for (; k + L <= n; k += L) {
+#pragma omp simd
+    for (int j = 0; j < L; ++j) part[j] += x[k + j];
+  }
+  float acc = 0.0f;
+  for (; k < n; ++k) acc += x[k];
+  for (int j = 0; j < L; ++j) acc += part[j];
+  return acc;
+}
+
+float max_contiguous(const float* x, int64_t n) {
+  // NaN propagates: the comparison picks a NaN once seen.
+  float acc = x[0];
+  int64_t k = 1;
+  constexpr int L = 32;
+  if (n >= 2 * L) {
+    float part[L];
+    for (int j = 0; j < L; ++j) part[j] = x[j];
+    for (k = L; k + L <= n; k += L) {
+#pragma omp simd
+      for (int j = 0; j < L; ++j) part[j] = (x[k + j] > part[j] || x[k + j] != x[k + j]) ? x[k + j] : part[j];
+    }
+    acc = part[0];
+    for (int j = 1; j < L; ++j) acc = (part[j] > acc || std::isnan(part[j])) ? part[j] : acc;
+  }
+  for (; k < n; ++k) acc = (x[k] > acc || std::isnan(x[k])) ? x[k] : acc;
+  return acc;
+}
+
 void ReduceSum(const AlignedArray& a, AlignedArray* out, int64_t reduce_size) {
   // a is (out.size, reduce_size) compact; out[i] = sum of row i.
   check_reduce("reduce_sum", a, *out, reduce_size);
   const int64_t rows = out->size;
   const float* x = a.ptr;
   if (rows == 1) {
+    // One long row: per-thread partial sums over fixed pieces, added in order.
+    const int64_t pieces = reduce_size > 4 * kParallelThreshold ? std::min<int64_t>(64, reduce_size / kParallelThreshold) : 1;
+    if (pieces == 1) {
+      out->ptr[0] = sum_contiguous(x, reduce_size);
+      return;
+    }
+    std::vector<float> part(size_t(pieces), 0.0f);
+    parallel_for(pieces, [&](int64_t t) {
+      const int64_t lo = reduce_size * t / pieces, hi = reduce_size * (t + 1) / pieces;
+      part[size_t(t)] = sum_contiguous(x + lo, hi - lo);
+    });
     float acc = 0.0f;
-#pragma omp parallel for simd reduction(+ : acc) schedule(static) if (reduce_size > kParallelThreshold)
-    for (int64_t k = 0; k < reduce_size; ++k) acc += x[k];
+    for (float p : part) acc += p;
     out->ptr[0] = acc;
     return;
   }
-#pragma omp parallel for schedule(static) if (rows * reduce_size > kParallelThreshold)
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* r = x + i * reduce_size;
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t k = 0; k < reduce_size; ++k) acc += r[k];
-    out->ptr[i] = acc;
-  }
+  float* o = out->ptr;
+  parallel_range(rows, std::max<int64_t>(1, kParallelThreshold / reduce_size), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) o[i] = sum_contiguous(x + i * reduce_size, reduce_size);
+  });
 }
 
 void ReduceMax(const AlignedArray& a, AlignedArray* out, int64_t reduce_size) {
@@ -320,13 +492,10 @@ void ReduceMax(const AlignedArray& a, AlignedArray* out, int64_t reduce_size) {
   check_reduce("reduce_max", a, *out, reduce_size);
   const int64_t rows = out->size;
   const float* x = a.ptr;
-#pragma omp parallel for schedule(static) if (rows * reduce_size > kParallelThreshold)
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* r = x + i * reduce_size;
-    float acc = r[0];
-    for (int64_t k = 1; k < reduce_size; ++k) acc = (r[k] > acc || std::isnan(r[k])) ? r[k] : acc;
-    out->ptr[i] = acc;
-  }
+  float* o = out->ptr;
+  parallel_range(rows, std::max<int64_t>(1, kParallelThreshold / reduce_size), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) o[i] = max_contiguous(x + i * reduce_size, reduce_size);
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -371,11 +540,16 @@ void batched(const char* fn, GemmFn gemm, const AlignedArray& a, const AlignedAr
   }
   // Many small products (attention heads) parallelise over the batch; a few
   // large ones let the GEMM use the threads.
-  const bool over_batch = batch >= num_threads() && m * n * p < (1 << 20);
-#pragma omp parallel for schedule(dynamic) if (over_batch && batch > 1)
-  for (int64_t i = 0; i < batch; ++i) {
+  auto one = [&](int64_t i) {
     gemm(m, p, n, a.ptr + oa + i * sa[0], sa[1], sa[2], b.ptr + ob + i * sb[0], sb[1], sb[2],
          out->ptr + i * m * p, p);
+  };
+  const bool over_batch = batch > 1 && batch >= num_threads() && m * n * p < (1 << 20) &&
+                          batch * m * n * p >= (1 << 18);
+  if (over_batch) {
+    parallel_for(batch, one);
+  } else {
+    for (int64_t i = 0; i < batch; ++i) one(i);
   }
 }
 
@@ -398,9 +572,10 @@ void MatmulTiled(const AlignedArray& a, const AlignedArray& b, AlignedArray* out
                                 std::to_string(p) + ") must be multiples of " + std::to_string(kTile));
   const int64_t mt = m / kTile, nt = n / kTile, pt = p / kTile;
   std::fill(out->ptr, out->ptr + m * p, 0.0f);
-#pragma omp parallel for collapse(2) schedule(static) if (m * n * p > (1 << 18))
-  for (int64_t i = 0; i < mt; ++i) {
-    for (int64_t j = 0; j < pt; ++j) {
+  const int64_t grain = m * n * p > (1 << 18) ? 1 : std::max<int64_t>(1, mt * pt);
+  parallel_range(mt * pt, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t i = t / pt, j = t % pt;
       float* o = out->ptr + (i * pt + j) * kTile * kTile;
       for (int64_t k = 0; k < nt; ++k) {
         const float* x = a.ptr + (i * nt + k) * kTile * kTile;
@@ -411,7 +586,7 @@ void MatmulTiled(const AlignedArray& a, const AlignedArray& b, AlignedArray* out
             for (int64_t c = 0; c < kTile; ++c) o[r * kTile + c] += x[r * kTile + s] * y[s * kTile + c];
       }
     }
-  }
+  });
 }
 
 }  // namespace cpu

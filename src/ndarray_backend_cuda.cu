@@ -166,11 +166,16 @@ class DeviceAllocator {
  private:
   DeviceAllocator() = default;
 
+  // Each block leaves the list before it is freed, so a failing cudaFree (reported as
+  // an exception) never leaves a freed pointer behind to be handed out or freed again.
   void release_cache_locked() {
     for (auto& kv : free_) {
-      for (void* p : kv.second) CUDA_CHECK(cudaFree(p));
-      cached_ -= kv.first * kv.second.size();
-      kv.second.clear();
+      while (!kv.second.empty()) {
+        void* p = kv.second.back();
+        kv.second.pop_back();
+        cached_ -= kv.first;
+        CUDA_CHECK(cudaFree(p));
+      }
     }
     free_.clear();
   }
@@ -264,6 +269,25 @@ struct StridedLayout {
   int64_t offset;
 };
 
+// Sizes and spans come from Python ints: a product that leaves int64 is an error, not a
+// wrapped value that could slip past the bounds checks.
+static int64_t checked_mul(const char* fn, int64_t a, int64_t b) {
+  int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r)) {
+    throw py::value_error(std::string(fn) + ": " + std::to_string(a) + " * " + std::to_string(b) +
+                          " overflows a 64-bit index");
+  }
+  return r;
+}
+static int64_t checked_add(const char* fn, int64_t a, int64_t b) {
+  int64_t r = 0;
+  if (__builtin_add_overflow(a, b, &r)) {
+    throw py::value_error(std::string(fn) + ": " + std::to_string(a) + " + " + std::to_string(b) +
+                          " overflows a 64-bit index");
+  }
+  return r;
+}
+
 // Validates (shape, strides, offset) against a buffer of buffer_size elements and
 // returns it with size-1 dims dropped and contiguous neighbours merged, so most
 // views reach the kernel with one or two dims (fewer divisions per element).
@@ -279,20 +303,26 @@ static StridedLayout make_layout(const char* fn, const std::vector<int64_t>& sha
     throw py::value_error(std::string(fn) + ": " + std::to_string(shape.size()) +
                           " dims exceed the CUDA backend limit of " + std::to_string(MAX_DIMS));
   }
-  int64_t n = 1;
-  int64_t lo = 0, hi = 0;  // extent of touched elements relative to offset
+  bool empty = false;
   for (size_t d = 0; d < shape.size(); ++d) {
     if (shape[d] < 0) {
       throw py::value_error(std::string(fn) + ": negative dimension " + std::to_string(shape[d]));
     }
-    n *= shape[d];
-    const int64_t span = (shape[d] > 0 ? shape[d] - 1 : 0) * strides[d];
-    if (span < 0) lo += span; else hi += span;
+    empty = empty || shape[d] == 0;
+  }
+  int64_t n = empty ? 0 : 1;  // a 0 dimension empties the view whatever the others are
+  for (size_t d = 0; d < shape.size() && n != 0; ++d) n = checked_mul(fn, n, shape[d]);
+  int64_t lo = offset, hi = offset;  // first and last touched element
+  if (n > 0) {
+    for (size_t d = 0; d < shape.size(); ++d) {
+      const int64_t span = checked_mul(fn, shape[d] - 1, strides[d]);
+      if (span < 0) lo = checked_add(fn, lo, span); else hi = checked_add(fn, hi, span);
+    }
   }
   *numel = n;
-  if (n > 0 && (offset + lo < 0 || offset + hi >= static_cast<int64_t>(buffer_size))) {
+  if (n > 0 && (lo < 0 || hi >= static_cast<int64_t>(buffer_size))) {
     std::ostringstream msg;
-    msg << fn << ": strided view touches elements [" << offset + lo << ", " << offset + hi
+    msg << fn << ": strided view touches elements [" << lo << ", " << hi
         << "] outside a buffer of " << buffer_size << " elements";
     throw py::value_error(msg.str());
   }
@@ -300,6 +330,7 @@ static StridedLayout make_layout(const char* fn, const std::vector<int64_t>& sha
   StridedLayout L{};
   L.ndim = 0;
   L.offset = offset;
+  if (n == 0) return L;  // nothing to address (and the strides were never validated)
   for (size_t d = 0; d < shape.size(); ++d) {
     if (shape[d] == 1) continue;
     if (L.ndim > 0 && L.strides[L.ndim - 1] == strides[d] * shape[d]) {
@@ -363,7 +394,10 @@ static void launch_strided(const char* name, const float* src, float* out, float
                            const StridedLayout& L) {
   if (n == 0) return;
   const unsigned grid = grid_for(n);
-  if (n <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max())) {
+  // 32-bit indices only while the grid-stride loop's last increment (i + grid * threads,
+  // with i < n) cannot wrap around: a wrapped index would restart below n and loop on.
+  const int64_t reach = n + static_cast<int64_t>(grid) * kThreads;
+  if (reach <= static_cast<int64_t>(std::numeric_limits<uint32_t>::max())) {
     strided_copy_kernel<Mode, uint32_t><<<grid, kThreads>>>(src, out, val, n, L);
   } else {
     strided_copy_kernel<Mode, uint64_t><<<grid, kThreads>>>(src, out, val, n, L);
@@ -1028,7 +1062,10 @@ static void bmm_with(int kernel, const char* fn, const CudaArray& a, const CudaA
   }
   const MatView A = make_matview(fn, "a", a, batch, m, n, a_strides, a_offset);
   const MatView B = make_matview(fn, "b", b, batch, n, p, b_strides, b_offset);
-  const int64_t total = batch * m * p;
+  // Broadcast (stride 0) operands can describe huge m and p over tiny buffers, so the
+  // output size is computed with overflow checks before it is compared with out.
+  const int64_t total =
+      (batch == 0 || m == 0 || p == 0) ? 0 : checked_mul(fn, checked_mul(fn, batch, m), p);
   if (static_cast<uint64_t>(total) > out.size) {
     throw py::value_error(std::string(fn) + ": out has " + std::to_string(out.size) +
                           " elements, needs batch * m * p = " + std::to_string(total));

@@ -1,0 +1,155 @@
+// Thread pool for the CPU kernels (see cpu_threads.h).
+#include "cpu_threads.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace needle {
+namespace cpu {
+
+namespace {
+
+// One parallel_for call. Workers hold it by shared_ptr, so a worker that wakes
+// after the call returned still reads a live (and exhausted) counter.
+struct Job {
+  const std::function<void(int64_t)>* fn = nullptr;
+  int64_t n = 0;
+  int max_workers = 0;                // workers allowed to join (threads - 1)
+  std::atomic<int> joined{0};
+  std::atomic<int64_t> next{0};       // next index to claim
+  std::atomic<int64_t> done{0};       // indices finished
+  std::mutex mu;
+  std::condition_variable finished;
+  std::exception_ptr error;
+};
+
+thread_local bool tls_in_parallel = false;
+
+void run_indices(Job& job) {
+  const bool was = tls_in_parallel;
+  tls_in_parallel = true;
+  for (;;) {
+    const int64_t i = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (i >= job.n) break;
+    try {
+      (*job.fn)(i);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(job.mu);
+      if (!job.error) job.error = std::current_exception();
+    }
+    if (job.done.fetch_add(1, std::memory_order_acq_rel) + 1 == job.n) {
+      std::lock_guard<std::mutex> lock(job.mu);
+      job.finished.notify_all();
+    }
+  }
+  tls_in_parallel = was;
+}
+
+class Pool {
+ public:
+  static Pool& get() {
+    // Leaked on purpose: worker threads must not be joined from a static
+    // destructor at interpreter exit.
+    static Pool* pool = new Pool();
+    return *pool;
+  }
+
+  int threads() const { return threads_.load(std::memory_order_relaxed); }
+  void set_threads(int n) { threads_.store(std::max(1, n), std::memory_order_relaxed); }
+
+  void run(int64_t n, const std::function<void(int64_t)>& fn, int max_threads) {
+    const int nt = int(std::min<int64_t>({int64_t(threads()), int64_t(max_threads), n}));
+    if (nt <= 1 || tls_in_parallel) {
+      for (int64_t i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    // One job at a time (calls from several host threads take turns).
+    std::unique_lock<std::mutex> call_lock(call_mu_, std::try_to_lock);
+    if (!call_lock.owns_lock()) {
+      for (int64_t i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->n = n;
+    job->max_workers = nt - 1;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      grow(nt - 1);
+      job_ = job;
+      ++generation_;
+    }
+    wake_.notify_all();
+    run_indices(*job);
+    {
+      std::unique_lock<std::mutex> lock(job->mu);
+      job->finished.wait(lock, [&] { return job->done.load(std::memory_order_acquire) >= job->n; });
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (job_ == job) job_.reset();
+    }
+    if (job->error) std::rethrow_exception(job->error);
+  }
+
+ private:
+  Pool() {
+#ifdef _OPENMP
+    threads_ = std::max(1, omp_get_max_threads());
+#else
+    threads_ = 1;
+#endif
+  }
+
+  void grow(int workers) {  // mu_ held
+    while (int(workers_.size()) < workers) {
+      workers_.emplace_back([this] { worker_loop(); });
+      workers_.back().detach();
+    }
+  }
+
+  void worker_loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        job = job_;
+      }
+      if (job && job->joined.fetch_add(1, std::memory_order_relaxed) < job->max_workers) run_indices(*job);
+    }
+  }
+
+  std::atomic<int> threads_{1};
+  std::mutex call_mu_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  uint64_t generation_ = 0;
+  std::shared_ptr<Job> job_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace
+
+int pool_threads() { return Pool::get().threads(); }
+void set_pool_threads(int n) { Pool::get().set_threads(n); }
+
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int max_threads) {
+  if (n <= 0) return;
+  Pool::get().run(n, fn, max_threads);
+}
+
+}  // namespace cpu
+}  // namespace needle

@@ -1,0 +1,275 @@
+"""CPU backend fast paths against their references.
+
+Every optimised kernel in src/ (packed GEMM, dynamic-chunk threading, blocked
+transpose in compact, vectorised reductions, the large-block cache) is checked
+against numpy and the naive GEMM (``bmm_naive``) on odd shapes, transposed and
+strided operands, broadcast batches, and with 1 and 2 threads. No timing.
+The backend module is loaded directly, so these run even while the Python
+package above it is being changed.
+"""
+import glob
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_cpu():
+    # The package's module when needle imports (pybind11 refuses a second copy
+    # of the same extension in one process); else the built .so by path.
+    # NEEDLE_CPU_SO_DIR points the tests at another build of the module.
+    so_dir = os.environ.get("NEEDLE_CPU_SO_DIR")
+    if not so_dir:
+        try:
+            return importlib.import_module("needle.backend_ndarray.ndarray_backend_cpu")
+        except Exception:
+            so_dir = os.path.join(ROOT, "python", "needle", "backend_ndarray")
+    so = sorted(glob.glob(os.path.join(so_dir, "ndarray_backend_cpu*.so")))
+    if not so:
+        pytest.skip("ndarray_backend_cpu is not built (run `make lib`)", allow_module_level=True)
+    spec = importlib.util.spec_from_file_location("ndarray_backend_cpu", so[0])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+cpu = _load_cpu()
+
+THREADS = [1, 2]
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(params=THREADS, ids=lambda n: f"{n}thr")
+def threads(request):
+    before = cpu.get_num_threads()
+    cpu.set_num_threads(request.param)
+    yield request.param
+    cpu.set_num_threads(before)
+
+
+def to_dev(x):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    a = cpu.Array(x.size)
+    cpu.from_numpy(x.ravel(), a)
+    return a
+
+
+def from_dev(a, shape):
+    shape = list(shape)
+    strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+    return cpu.to_numpy(a, shape, strides, 0)
+
+
+def strides_of(x):
+    return [s // 4 for s in x.strides]
+
+
+# ---- GEMM -------------------------------------------------------------------
+ODD = [1, 2, 7, 13, 17, 33, 65, 257]
+GEMM_SHAPES = [(m, k, n) for m in (1, 7, 13, 65) for k in (1, 7, 65) for n in (1, 13, 17, 33)] + [
+    (257, 65, 129), (12, 384, 32), (25, 385, 47), (200, 777, 31), (14, 3, 16), (130, 1, 70),
+    (385, 129, 2049), (8192 // 16, 147, 16), (128, 1152, 128), (100, 784, 100),
+]
+
+
+def ref_gemm(a, b):
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32)
+
+
+def check_close(got, want, k):
+    tol = 1e-5 * max(1.0, np.sqrt(k)) * max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=tol)
+
+
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES, ids=lambda v: str(v))
+def test_matmul_matches_numpy_and_naive(m, k, n, threads):
+    A = RNG.standard_normal((m, k)).astype(np.float32)
+    B = RNG.standard_normal((k, n)).astype(np.float32)
+    a, b, out = to_dev(A), to_dev(B), cpu.Array(m * n)
+    cpu.matmul(a, b, out, m, k, n)
+    check_close(from_dev(out, (m, n)), ref_gemm(A, B), k)
+    naive = cpu.Array(m * n)
+    cpu.bmm_naive(a, b, naive, 1, m, k, n, [0, k, 1], 0, [0, n, 1], 0)
+    check_close(from_dev(out, (m, n)), from_dev(naive, (m, n)), k)
+
+
+@pytest.mark.parametrize("ta", [False, True], ids=["A", "At"])
+@pytest.mark.parametrize("tb", [False, True], ids=["B", "Bt"])
+@pytest.mark.parametrize("m,k,n", [(1, 13, 7), (13, 1, 17), (65, 257, 33), (7, 65, 1), (130, 70, 257), (33, 400, 16)])
+def test_bmm_transposed_and_offset_operands(m, k, n, ta, tb, threads):
+    # Operands are views into larger buffers: transposed, with an offset and
+    # a padded leading dimension, read through their strides (no compact).
+    batch = 3
+    pad = 5
+    As = RNG.standard_normal((batch, k, m + pad) if ta else (batch, m, k + pad)).astype(np.float32)
+    Bs = RNG.standard_normal((batch, n, k + pad) if tb else (batch, k, n + pad)).astype(np.float32)
+    Av = As[:, :, 2:2 + m].transpose(0, 2, 1) if ta else As[:, :, 2:2 + k]
+    Bv = Bs[:, :, 1:1 + k].transpose(0, 2, 1) if tb else Bs[:, :, 1:1 + n]
+    sa = strides_of(Av)
+    sb = strides_of(Bv)
+    oa, ob = 2, 1
+    buf_a, buf_b = to_dev(As), to_dev(Bs)
+    out, naive = cpu.Array(batch * m * n), cpu.Array(batch * m * n)
+    cpu.bmm(buf_a, buf_b, out, batch, m, k, n, sa, oa, sb, ob)
+    cpu.bmm_naive(buf_a, buf_b, naive, batch, m, k, n, sa, oa, sb, ob)
+    want = np.stack([ref_gemm(Av[i], Bv[i]) for i in range(batch)])
+    check_close(from_dev(out, (batch, m, n)), want, k)
+    check_close(from_dev(out, (batch, m, n)), from_dev(naive, (batch, m, n)), k)
+
+
+@pytest.mark.parametrize("batch,m,k,n", [(1, 5, 6, 7), (8, 33, 17, 65), (64, 20, 16, 20), (3, 300, 200, 100)])
+def test_bmm_broadcast_batch(batch, m, k, n, threads):
+    # b has batch stride 0 (one matrix for every batch entry), a is compact.
+    A = RNG.standard_normal((batch, m, k)).astype(np.float32)
+    B = RNG.standard_normal((k, n)).astype(np.float32)
+    out = cpu.Array(batch * m * n)
+    cpu.bmm(to_dev(A), to_dev(B), out, batch, m, k, n, [m * k, k, 1], 0, [0, n, 1], 0)
+    check_close(from_dev(out, (batch, m, n)), ref_gemm(A, B), k)
+    # and a broadcast along a (stride 0), b batched
+    B3 = RNG.standard_normal((batch, k, n)).astype(np.float32)
+    A2 = A[0]
+    out2 = cpu.Array(batch * m * n)
+    cpu.bmm(to_dev(A2), to_dev(B3), out2, batch, m, k, n, [0, k, 1], 0, [k * n, n, 1], 0)
+    check_close(from_dev(out2, (batch, m, n)), np.stack([ref_gemm(A2, B3[i]) for i in range(batch)]), k)
+
+
+def test_gemm_zero_k_and_empty():
+    out = cpu.Array(6)
+    cpu.fill(out, 7.0)
+    cpu.bmm(cpu.Array(1), cpu.Array(1), out, 1, 2, 0, 3, [0, 0, 1], 0, [0, 3, 1], 0)
+    np.testing.assert_array_equal(from_dev(out, (6,)), 0.0)
+    cpu.bmm(cpu.Array(1), cpu.Array(12), cpu.Array(0), 1, 0, 4, 3, [0, 4, 1], 0, [0, 3, 1], 0)
+
+
+def test_gemm_out_of_bounds_is_an_error():
+    a, b, out = cpu.Array(12), cpu.Array(12), cpu.Array(9)
+    with pytest.raises((ValueError, IndexError)):
+        cpu.bmm(a, b, out, 1, 3, 4, 3, [0, 5, 1], 0, [0, 3, 1], 0)
+    with pytest.raises((ValueError, IndexError)):
+        cpu.matmul(a, b, out, 4, 4, 4)
+
+
+def test_kernel_name():
+    assert isinstance(cpu.sgemm_kernel_name(), str) and cpu.sgemm_kernel_name()
+
+
+def test_threads_setting_round_trips():
+    before = cpu.get_num_threads()
+    cpu.set_num_threads(2)
+    assert cpu.get_num_threads() == 2
+    with pytest.raises(ValueError):
+        cpu.set_num_threads(0)
+    cpu.set_num_threads(before)
+
+
+# ---- compact / setitem --------------------------------------------------------
+def view_cases():
+    base = RNG.standard_normal(6 * 65 * 257 + 11).astype(np.float32)
+    yield "transpose2d", base[: 257 * 65].reshape(257, 65).T
+    yield "transpose_offset", base[3: 3 + 130 * 70].reshape(130, 70)[:, 1:66].T
+    yield "permute3d", base[: 6 * 65 * 257].reshape(6, 65, 257).transpose(2, 0, 1)
+    yield "permute3d_b", base[: 6 * 65 * 257].reshape(6, 65, 257).transpose(0, 2, 1)
+    yield "stepped", base[: 6 * 65 * 257].reshape(6, 65, 257)[::2, 1::3, ::5]
+    yield "broadcast", np.broadcast_to(base[:65].reshape(65, 1), (65, 257))
+    yield "broadcast_row", np.broadcast_to(base[:257], (13, 257))
+    yield "flipped", base[: 65 * 257].reshape(65, 257)[::-1, ::-1]
+    yield "small_transpose", base[:21].reshape(3, 7).T
+    yield "size1", base[5:6].reshape(1, 1, 1)
+    yield "im2col", np.lib.stride_tricks.as_strided(
+        base[: 2 * 9 * 9 * 3], shape=(2, 7, 7, 3, 3, 3), strides=tuple(4 * s for s in (243, 27, 3, 27, 3, 1)))
+
+
+@pytest.mark.parametrize("case", list(range(11)))
+def test_compact_views(case, threads):
+    name, view = list(view_cases())[case]
+    base = view.base
+    while base.base is not None:
+        base = base.base
+    base = np.asarray(base).ravel()
+    offset = (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // 4
+    buf = to_dev(base)
+    out = cpu.Array(view.size)
+    cpu.compact(buf, out, list(view.shape), [s // 4 for s in view.strides], int(offset))
+    np.testing.assert_array_equal(from_dev(out, view.shape), view, err_msg=name)
+
+
+@pytest.mark.parametrize("shape,perm", [((257, 65), (1, 0)), ((7, 13, 65), (2, 1, 0)), ((1024, 1024), (1, 0)),
+                                        ((3, 33, 17), (0, 2, 1))])
+def test_setitem_through_permuted_view(shape, perm, threads):
+    n = int(np.prod(shape))
+    target = np.zeros(n, np.float32)
+    view = target.reshape(shape).transpose(perm)
+    src = RNG.standard_normal(view.shape).astype(np.float32)
+    out = to_dev(target)
+    cpu.ewise_setitem(to_dev(src), out, list(view.shape), [s // 4 for s in view.strides], 0)
+    view[...] = src
+    np.testing.assert_array_equal(from_dev(out, (n,)), target)
+    cpu.scalar_setitem(view.size, 2.5, out, list(view.shape), [s // 4 for s in view.strides], 0)
+    np.testing.assert_array_equal(from_dev(out, (n,)), 2.5)
+
+
+def test_compact_out_of_bounds_is_an_error():
+    with pytest.raises((ValueError, IndexError)):
+        cpu.compact(cpu.Array(10), cpu.Array(10), [10, 2], [1, 10], 0)
+
+
+# ---- elementwise / reductions ---------------------------------------------------
+SIZES = [1, 7, 13, 65, 257, 4097, (1 << 15) + 3, (1 << 20) + 17]
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_elementwise_sizes(n, threads):
+    x = RNG.standard_normal(n).astype(np.float32)
+    y = RNG.standard_normal(n).astype(np.float32) + 3.0
+    a, b, out = to_dev(x), to_dev(y), cpu.Array(n)
+    for fn, ref in [(cpu.ewise_add, np.add), (cpu.ewise_mul, np.multiply), (cpu.ewise_div, np.divide),
+                    (cpu.ewise_maximum, np.maximum)]:
+        fn(a, b, out)
+        np.testing.assert_allclose(from_dev(out, (n,)), ref(x, y), rtol=1e-6)
+    cpu.scalar_add(a, 1.5, out)
+    np.testing.assert_allclose(from_dev(out, (n,)), x + np.float32(1.5), rtol=1e-6)
+    cpu.ewise_exp(a, out)
+    np.testing.assert_allclose(from_dev(out, (n,)), np.exp(x), rtol=1e-5)
+    cpu.fill(out, -2.0)
+    np.testing.assert_array_equal(from_dev(out, (n,)), -2.0)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 7), (1, 65), (1, (1 << 18) + 5), (1, (1 << 21) + 3), (7, 13),
+                                       (257, 65), (65, 257), (4096, 3), (3, 100003)])
+def test_reductions(rows, cols, threads):
+    x = RNG.standard_normal((rows, cols)).astype(np.float32)
+    a, out = to_dev(x), cpu.Array(rows)
+    cpu.reduce_sum(a, out, cols)
+    want = x.astype(np.float64).sum(axis=1)
+    np.testing.assert_allclose(from_dev(out, (rows,)), want, rtol=1e-4, atol=1e-3 * np.sqrt(cols))
+    cpu.reduce_max(a, out, cols)
+    np.testing.assert_array_equal(from_dev(out, (rows,)), x.max(axis=1))
+
+
+def test_reduce_max_propagates_nan():
+    x = np.arange(300, dtype=np.float32).reshape(3, 100)
+    x[1, 57] = np.nan
+    out = cpu.Array(3)
+    cpu.reduce_max(to_dev(x), out, 100)
+    got = from_dev(out, (3,))
+    assert got[0] == 99 and np.isnan(got[1]) and got[2] == 299
+
+
+def test_large_buffers_are_reused_safely():
+    # The block cache hands freed large buffers back: values must never leak
+    # between arrays that are alive at the same time.
+    n = (1 << 20) + 1
+    arrays = []
+    for v in range(4):
+        a = cpu.Array(n)
+        cpu.fill(a, float(v))
+        arrays.append(a)
+    for v, a in enumerate(arrays):
+        assert np.all(from_dev(a, (n,)) == v)
+    del arrays
+    b = cpu.Array(n)
+    cpu.fill(b, 9.0)
+    assert np.all(from_dev(b, (n,)) == 9.0)
