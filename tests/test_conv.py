@@ -166,3 +166,23 @@ def test_max_pool_ties_split_gradient(device):
     x = ndl.Tensor(np.ones((1, 2, 2, 1)), device=device)
     ndl.max_pool2d(x, 2).sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), np.full((1, 2, 2, 1), 0.25))
+
+
+@pytest.mark.parametrize("device", ND_DEVICES)
+@pytest.mark.parametrize("x_needs_grad", [False, True])
+def test_conv_skips_adjoint_of_input_without_grad(device, x_needs_grad):
+    """A data batch (requires_grad=False) gets no dX; dW is unchanged."""
+    np.random.seed(1)
+    x = np.random.randn(2, 9, 9, 3).astype(np.float32)
+    w = np.random.randn(3, 3, 3, 4).astype(np.float32)
+    X = ndl.Tensor(x, device=device, requires_grad=x_needs_grad)
+    W = ndl.Tensor(w, device=device)
+    ndl.conv(X, W, stride=2, padding=1).sum().backward()
+    tx = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    tw = torch.tensor(w).permute(3, 2, 0, 1).requires_grad_()
+    F.conv2d(tx, tw, stride=2, padding=1).sum().backward()
+    np.testing.assert_allclose(W.grad.numpy(), tw.grad.permute(2, 3, 1, 0).numpy(), rtol=1e-4, atol=1e-4)
+    if x_needs_grad:
+        np.testing.assert_allclose(X.grad.numpy(), _nhwc(tx.grad), rtol=1e-4, atol=1e-4)
+    else:
+        assert X.grad is None

@@ -62,7 +62,11 @@ class Op:
         raise NotImplementedError()
 
     def gradient(self, out_grad, node):
-        """Adjoint of each input given ``out_grad``, the adjoint of ``node``; Value or tuple."""
+        """Adjoint of each input given ``out_grad``, the adjoint of ``node``; Value or tuple.
+
+        An op may return None for an input whose ``requires_grad`` is False,
+        to skip work nobody will read.
+        """
         raise NotImplementedError()
 
     def gradient_as_tuple(self, out_grad, node):

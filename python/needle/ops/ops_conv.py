@@ -150,30 +150,36 @@ class Conv(TensorOp):
         (sh, sw), (dh, dw) = self.stride, self.dilation
         (pt, pb), (pl, pr) = self.padding
         Ho, Wo = out_grad.shape[1:3]
-
-        G = out_grad
-        if sh > 1:
-            G = dilate(G, (1,), sh - 1)
-        if sw > 1:
-            G = dilate(G, (2,), sw - 1)
-        Wt = reshape(permute(reshape(flip(W, (0, 1)), (kh, kw, Cg, g, Cout // g)), (0, 1, 4, 3, 2)), (kh, kw, Cout // g, C))
         keh, kew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-        dX = Conv(
-            stride=1,
-            padding=((keh - 1 - pt, H - Ho * sh + pt), (kew - 1 - pl, Wd - Wo * sw + pl)),
-            dilation=(dh, dw),
-            groups=g,
-        )(G, Wt)
 
-        Xt = reshape(permute(reshape(X, (N, H, Wd, g, Cg)), (4, 1, 2, 3, 0)), (Cg, H, Wd, g * N))
-        Gt = permute(out_grad, (1, 2, 0, 3))
-        dWt = Conv(
-            stride=(dh, dw),
-            padding=((pt, keh + sh * (Ho - 1) - H - pt), (pl, kew + sw * (Wo - 1) - Wd - pl)),
-            dilation=(sh, sw),
-            groups=g,
-        )(Xt, Gt)
-        return dX, permute(dWt, (1, 2, 0, 3))
+        # An input that needs no gradient (the image batch of a first layer) gets None.
+        dX = dW = None
+        if X.requires_grad:
+            G = out_grad
+            if sh > 1:
+                G = dilate(G, (1,), sh - 1)
+            if sw > 1:
+                G = dilate(G, (2,), sw - 1)
+            Wt = reshape(
+                permute(reshape(flip(W, (0, 1)), (kh, kw, Cg, g, Cout // g)), (0, 1, 4, 3, 2)), (kh, kw, Cout // g, C)
+            )
+            dX = Conv(
+                stride=1,
+                padding=((keh - 1 - pt, H - Ho * sh + pt), (kew - 1 - pl, Wd - Wo * sw + pl)),
+                dilation=(dh, dw),
+                groups=g,
+            )(G, Wt)
+        if W.requires_grad:
+            Xt = reshape(permute(reshape(X, (N, H, Wd, g, Cg)), (4, 1, 2, 3, 0)), (Cg, H, Wd, g * N))
+            Gt = permute(out_grad, (1, 2, 0, 3))
+            dWt = Conv(
+                stride=(dh, dw),
+                padding=((pt, keh + sh * (Ho - 1) - H - pt), (pl, kew + sw * (Wo - 1) - Wd - pl)),
+                dilation=(sh, sw),
+                groups=g,
+            )(Xt, Gt)
+            dW = permute(dWt, (1, 2, 0, 3))
+        return dX, dW
 
 
 def conv(a, b, stride=1, padding=1, dilation=1, groups=1):

@@ -445,9 +445,10 @@ class MatMul(TensorOp):
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
+        # An input that needs no gradient (e.g. the data batch) gets None: no wasted product.
         return (
-            _sum_to_shape(MatMul()(out_grad, transpose(b)), a.shape),
-            _sum_to_shape(MatMul()(transpose(a), out_grad), b.shape),
+            _sum_to_shape(MatMul()(out_grad, transpose(b)), a.shape) if a.requires_grad else None,
+            _sum_to_shape(MatMul()(transpose(a), out_grad), b.shape) if b.requires_grad else None,
         )
 
 
