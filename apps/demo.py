@@ -20,7 +20,7 @@ import needle as ndl
 
 from apps.models import SmallConvNet
 from apps.train import digits_arrays
-from apps.training import classification_epoch, plot_curves
+from apps.training import classification_epoch, fit, plot_curves
 
 
 def main(epochs=8, batch_size=32, lr=0.01, device=None, plot=os.path.join("out",
@@ -39,23 +39,19 @@ def main(epochs=8, batch_size=32, lr=0.01, device=None, plot=os.path.join("out",
     train_loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(Xtr, ytr), batch_size,
                                        shuffle=True, device=device)
     test_loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(Xte, yte), 256, device=device)
-    history = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
     if verbose:
         print(f"needle demo: SmallConvNet on sklearn digits, {len(ytr)} train / {len(yte)} test "
               f"images (1x8x8), device {device}", flush=True)
+
+    def report(epoch, tr, te):
+        print(f"epoch {epoch + 1}/{epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f}"
+              f" | test acc {te['acc']:.4f} | {tr['samples_per_s']:.0f} samples/s", flush=True)
+
     start = time.perf_counter()
-    for epoch in range(epochs):
-        tr = classification_epoch(train_loader, model, opt, f"epoch {epoch + 1}/{epochs}",
-                                  progress)
-        te = classification_epoch(test_loader, model, None, "eval", progress)
-        sched.step()
-        for split, r in (("train", tr), ("test", te)):
-            history[f"{split}_loss"].append(r["loss"])
-            history[f"{split}_acc"].append(r["acc"])
-        if verbose:
-            print(f"epoch {epoch + 1}/{epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f}"
-                  f" | test acc {te['acc']:.4f} | {tr['samples_per_s']:.0f} samples/s",
-                  flush=True)
+    history = fit(lambda e: classification_epoch(train_loader, model, opt,
+                                                 f"epoch {e + 1}/{epochs}", progress),
+                  lambda e: classification_epoch(test_loader, model, None, "eval", progress),
+                  epochs, sched, on_epoch=report if verbose else None)
     seconds = time.perf_counter() - start
     if plot:
         plot_curves(history, plot, "needle demo: ConvNet on 8x8 digits")

@@ -59,7 +59,8 @@ def depthwise(image, kernel, device=None, padding_mode="zeros"):
         from needle.nn.nn_conv import circular_pad_nhwc
         X, pad = circular_pad_nhwc(X, pad), 0
     elif padding_mode != "zeros":
-        raise ValueError(f"filters: padding_mode must be 'zeros' or 'circular', got {padding_mode!r}")
+        raise ValueError(f"filters: padding_mode must be 'zeros' or 'circular', "
+                         f"got {padding_mode!r}")
     W = ndl.Tensor(w, device=device, requires_grad=False)
     out = ndl.conv(X, W, stride=1, padding=pad, groups=c) if c > 1 else \
         ndl.conv(X, W, stride=1, padding=pad)
@@ -97,9 +98,7 @@ def sample_image():
 
 
 def main(out="out/filters", sigma=2.0, downscale=2, device=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave   # no pyplot: leaves the caller's backend alone
 
     image, source = sample_image()
     image = image[::downscale, ::downscale]
@@ -109,9 +108,9 @@ def main(out="out/filters", sigma=2.0, downscale=2, device=None):
     paths = {"input": os.path.join(out, "input.png"),
              "blur": os.path.join(out, "gaussian_blur.png"),
              "sobel": os.path.join(out, "sobel_magnitude.png")}
-    plt.imsave(paths["input"], np.clip(image, 0, 1))
-    plt.imsave(paths["blur"], np.clip(blurred, 0, 1))
-    plt.imsave(paths["sobel"], edges / max(edges.max(), 1e-12), cmap="gray")
+    imsave(paths["input"], np.clip(image, 0, 1))
+    imsave(paths["blur"], np.clip(blurred, 0, 1))
+    imsave(paths["sobel"], edges / max(edges.max(), 1e-12), cmap="gray")
     print(f"{source} {image.shape}: wrote " + ", ".join(paths.values()))
     return paths
 

@@ -3,12 +3,13 @@ import os
 import sys
 import time
 
-sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "python"))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.extend(p for p in (os.path.join(_ROOT, "python"), _ROOT) if p not in sys.path)
 import numpy as np
 
 import needle as ndl
 import needle.nn as nn
+from apps.training import classification_epoch
 
 np.random.seed(0)
 
@@ -32,37 +33,28 @@ def MLPResNet(dim, hidden_dim=100, num_blocks=3, num_classes=10, norm=nn.BatchNo
 def epoch(dataloader, model, opt=None):
     """One pass; trains when ``opt`` is given. -> (error rate, mean loss per sample)."""
     np.random.seed(4)
-    if opt is not None:
-        model.train()
-    else:
-        model.eval()
-    loss_fn = nn.SoftmaxLoss()
-    errors, total_loss, count = 0.0, 0.0, 0
-    for X, y in dataloader:
-        logits = model(X.reshape((X.shape[0], int(np.prod(X.shape[1:])))))
-        loss = loss_fn(logits, y)
-        if opt is not None:
-            opt.reset_grad()
-            loss.backward()
-            opt.step()
-        n = y.shape[0]
-        errors += float((logits.numpy().argmax(axis=1) != y.numpy()).sum())
-        total_loss += float(loss.numpy()) * n
-        count += n
-    return errors / count, total_loss / count
+    r = classification_epoch(dataloader, model, opt, progress=False, flatten=True)
+    return r["err"], r["loss"]
+
+
+def mnist_dataset(data_dir, split="train", transforms=None):
+    """MNISTDataset of ``data_dir/{split}-{images-idx3,labels-idx1}-ubyte.gz``; split is
+    "train" or "t10k"."""
+    return ndl.data.MNISTDataset(os.path.join(data_dir, f"{split}-images-idx3-ubyte.gz"),
+                                 os.path.join(data_dir, f"{split}-labels-idx1-ubyte.gz"),
+                                 transforms)
 
 
 def train_mnist(batch_size=100, epochs=10, optimizer=ndl.optim.Adam, lr=0.001,
                 weight_decay=0.001, hidden_dim=100, data_dir="data"):
+    """Train MLPResNet(784, hidden_dim) on MNIST train, evaluate on t10k.
+    -> (train_err, train_loss, test_err, test_loss) of the last epoch."""
     np.random.seed(4)
-    train_set = ndl.data.MNISTDataset(os.path.join(data_dir, "train-images-idx3-ubyte.gz"),
-                                      os.path.join(data_dir, "train-labels-idx1-ubyte.gz"))
-    test_set = ndl.data.MNISTDataset(os.path.join(data_dir, "t10k-images-idx3-ubyte.gz"),
-                                     os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz"))
-    train_loader = ndl.data.DataLoader(train_set, batch_size, shuffle=True)
-    test_loader = ndl.data.DataLoader(test_set, batch_size)
+    train_loader = ndl.data.DataLoader(mnist_dataset(data_dir, "train"), batch_size, shuffle=True)
+    test_loader = ndl.data.DataLoader(mnist_dataset(data_dir, "t10k"), batch_size)
     model = MLPResNet(784, hidden_dim)
     opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
+    train_err = train_loss = float("nan")
     for _ in range(epochs):
         train_err, train_loss = epoch(train_loader, model, opt)
     test_err, test_loss = epoch(test_loader, model)
@@ -70,6 +62,6 @@ def train_mnist(batch_size=100, epochs=10, optimizer=ndl.optim.Adam, lr=0.001,
 
 
 if __name__ == "__main__":
+    from apps.train import default_data_dir
     t0 = time.time()
-    print(train_mnist(data_dir=os.environ.get("NEEDLE_DATA", "../shared/data") + "/mnist"),
-          f"{time.time() - t0:.1f}s")
+    print(train_mnist(data_dir=default_data_dir("mnist")), f"{time.time() - t0:.1f}s")

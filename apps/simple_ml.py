@@ -2,13 +2,14 @@
 import os
 import sys
 
-sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "python"))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.extend(p for p in (os.path.join(_ROOT, "python"), _ROOT) if p not in sys.path)
 import numpy as np
 
 import needle as ndl
 import needle.nn as nn
 from apps.models import *
+from apps.training import classification_epoch, ptb_epoch
 
 device = ndl.cpu()
 
@@ -51,25 +52,11 @@ def loss_err(h, y):
 ### CIFAR-10 training ###
 
 def epoch_general_cifar10(dataloader, model, loss_fn=nn.SoftmaxLoss(), opt=None):
-    """One pass over ``dataloader``; trains when ``opt`` is given. -> (avg_acc, avg_loss)."""
+    """One pass over ``dataloader``; trains when ``opt`` is given. -> (avg_acc, avg_loss),
+    the loss averaged per sample."""
     np.random.seed(4)
-    if opt is not None:
-        model.train()
-    else:
-        model.eval()
-    correct, total_loss, count = 0.0, 0.0, 0
-    for X, y in dataloader:
-        logits = model(X)
-        loss = loss_fn(logits, y)
-        if opt is not None:
-            opt.reset_grad()
-            loss.backward()
-            opt.step()
-        n = y.shape[0]
-        correct += float((logits.numpy().argmax(axis=1) == y.numpy()).sum())
-        total_loss += float(loss.numpy()) * n
-        count += n
-    return correct / count, total_loss / count
+    r = classification_epoch(dataloader, model, opt, progress=False, loss_fn=loss_fn)
+    return r["acc"], r["loss"]
 
 
 def train_cifar10(model, dataloader, n_epochs=1, optimizer=ndl.optim.Adam,
@@ -91,42 +78,15 @@ def evaluate_cifar10(model, dataloader, loss_fn=nn.SoftmaxLoss):
 
 ### PTB training ###
 
-def _detach_state(h):
-    if h is None:
-        return None
-    if isinstance(h, (tuple, list)):
-        return tuple(t.detach() for t in h)
-    return h.detach()
-
-
 def epoch_general_ptb(data, model, seq_len=40, loss_fn=nn.SoftmaxLoss(), opt=None,
                       clip=None, device=None, dtype="float32"):
     """One pass over batchified ``data`` (nbatch, bs) in chunks of ``seq_len``; the hidden
-    state is carried (detached) between chunks. -> (avg_acc, avg_loss)."""
+    state is carried (detached) between chunks. -> (avg_acc, avg_loss), the loss averaged
+    per target token."""
     np.random.seed(4)
-    if opt is not None:
-        model.train()
-    else:
-        model.eval()
-    nbatch = data.shape[0]
-    h = None
-    correct, total_loss, count = 0.0, 0.0, 0
-    for i in range(0, nbatch - 1, seq_len):
-        x, y = ndl.data.get_batch(data, i, seq_len, device=device, dtype=dtype)
-        out, h = model(x, h)
-        h = _detach_state(h)
-        loss = loss_fn(out, y)
-        if opt is not None:
-            opt.reset_grad()
-            loss.backward()
-            if clip is not None:
-                opt.clip_grad_norm(clip)
-            opt.step()
-        n = y.shape[0]
-        correct += float((out.numpy().argmax(axis=1) == y.numpy()).sum())
-        total_loss += float(loss.numpy()) * n
-        count += n
-    return correct / count, total_loss / count
+    r = ptb_epoch(data, model, seq_len, opt, clip, device, progress=False, dtype=dtype,
+                  loss_fn=loss_fn)
+    return r["acc"], r["loss"]
 
 
 def train_ptb(model, data, seq_len=40, n_epochs=1, optimizer=ndl.optim.SGD,

@@ -11,10 +11,8 @@ Data: ``--data DIR``, else ``$NEEDLE_DATA/<task>``, else ``../shared/data/<task>
 relative to the repository root.
 """
 import argparse
-import math
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python"))
@@ -22,10 +20,9 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 import numpy as np
 
 import needle as ndl
-import needle.nn as nn
 
-from apps.training import (_progress, classification_epoch, load_checkpoint, plot_curves,
-                           save_checkpoint)
+from apps.training import (classification_epoch, empty_history, fit, load_checkpoint,
+                           plot_curves, ptb_epoch, save_checkpoint)
 
 TASKS = ("mnist", "cifar10", "ptb", "digits")
 DATA_SUBDIR = {"mnist": "mnist", "cifar10": "cifar10", "ptb": "ptb", "digits": ""}
@@ -83,7 +80,7 @@ def build_parser():
     g.add_argument("--embedding-size", type=int, default=64)
     g.add_argument("--hidden-size", type=int, default=64)
     g.add_argument("--num-layers", type=int, default=1)
-    g.add_argument("--clip", type=float, default=0.25)
+    g.add_argument("--clip", type=float, default=0.25, help="gradient-norm clip (0: none)")
     g.add_argument("--max-lines", type=int, default=None)
     g.add_argument("--train-file", default="train.txt")
     g.add_argument("--test-file", default="test.txt")
@@ -106,11 +103,12 @@ def fill_defaults(args):
     args.weight_decay = wd if args.weight_decay is None else args.weight_decay
     if args.data is None:
         args.data = default_data_dir(args.task)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.lr <= 0:
-        raise SystemExit(f"--lr must be > 0, got {args.lr}")
+    for name in ("epochs", "batch_size", "seq_len", "lr", "limit"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    if args.clip < 0:
+        raise SystemExit(f"--clip must be >= 0 (0 disables clipping), got {args.clip}")
     if args.resume and not args.checkpoint:
         raise SystemExit("--resume needs --checkpoint PATH")
     return args
@@ -148,7 +146,7 @@ def digits_arrays(test_fraction=0.2, seed=0):
 
 def classification_data(args):
     """-> (train dataset, test dataset, model factory, flatten flag)."""
-    from apps.mlp_resnet import MLPResNet
+    from apps.mlp_resnet import MLPResNet, mnist_dataset
     from apps.models import ResNet9, SmallConvNet
     if args.task == "digits":
         Xtr, ytr, Xte, yte = digits_arrays()
@@ -156,19 +154,15 @@ def classification_data(args):
         test = ndl.data.NDArrayDataset(Xte, yte)
         return train, test, lambda dev: SmallConvNet(1, 10, 8, device=dev), False
     if args.task == "mnist":
-        d = args.data
         if args.split is not None:
-            full = ndl.data.MNISTDataset(os.path.join(d, "t10k-images-idx3-ubyte.gz"),
-                                         os.path.join(d, "t10k-labels-idx1-ubyte.gz"))
+            full = mnist_dataset(args.data, "t10k")
             if not 0 < args.split < len(full):
                 raise SystemExit(f"--split must be in 1..{len(full) - 1}, got {args.split}")
             train = ndl.data.NDArrayDataset(full.X[:args.split], full.y[:args.split])
             test = ndl.data.NDArrayDataset(full.X[args.split:], full.y[args.split:])
         else:
-            train = ndl.data.MNISTDataset(os.path.join(d, "train-images-idx3-ubyte.gz"),
-                                          os.path.join(d, "train-labels-idx1-ubyte.gz"))
-            test = ndl.data.MNISTDataset(os.path.join(d, "t10k-images-idx3-ubyte.gz"),
-                                         os.path.join(d, "t10k-labels-idx1-ubyte.gz"))
+            train = mnist_dataset(args.data, "train")
+            test = mnist_dataset(args.data, "t10k")
         hidden = args.hidden
         return train, test, lambda dev: MLPResNet(784, hidden), True
     # cifar10
@@ -192,6 +186,33 @@ class _Subset(ndl.data.Dataset):
         return self.dataset[idx]
 
 
+def fit_task(args, model, opt, train_epoch, test_epoch, metric, report, title):
+    """The epoch loop of both tasks: resume from ``--checkpoint``, train and evaluate each
+    epoch (``train_epoch(desc)``, ``test_epoch(desc)``), print ``report(tr, te)``, save a
+    checkpoint after every epoch, and plot the curves at the end. -> (model, history)."""
+    sched = make_scheduler(args, opt)
+    history, start = empty_history(metric), 0
+    if args.resume and os.path.exists(args.checkpoint):
+        start, history, ckpt = load_checkpoint(args.checkpoint, model, opt,
+                                               expect={"task": args.task})
+        if sched is not None and "scheduler" in ckpt:
+            sched.load_state_dict(ckpt["scheduler"])
+        print(f"resumed from {args.checkpoint} after epoch {start}")
+
+    def on_epoch(epoch, tr, te):
+        print(f"epoch {epoch + 1}/{args.epochs}: {report(tr, te)}", flush=True)
+        if args.checkpoint:
+            extra = {"scheduler": sched.state_dict()} if sched is not None else {}
+            save_checkpoint(args.checkpoint, model, opt, epoch, history, task=args.task, **extra)
+
+    history = fit(lambda e: train_epoch(f"epoch {e + 1}/{args.epochs}"),
+                  lambda e: test_epoch("eval"), args.epochs, sched, metric, history, start,
+                  on_epoch)
+    if args.plot:
+        plot_curves(history, args.plot, title)
+    return model, history
+
+
 def run_classification(args, device):
     train_set, test_set, make_model, flatten = classification_data(args)
     if args.limit is not None:
@@ -199,70 +220,19 @@ def run_classification(args, device):
     np.random.seed(args.seed)
     model = make_model(device).to(device)
     opt = make_optimizer(args, model.parameters())
-    sched = make_scheduler(args, opt)
     train_loader = ndl.data.DataLoader(train_set, args.batch_size, shuffle=True, device=device)
     test_loader = ndl.data.DataLoader(test_set, args.batch_size, device=device)
-    history = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
-    start = 0
-    if args.resume and os.path.exists(args.checkpoint):
-        start, history, ckpt = load_checkpoint(args.checkpoint, model, opt)
-        if sched is not None and "scheduler" in ckpt:
-            sched.load_state_dict(ckpt["scheduler"])
-        print(f"resumed from {args.checkpoint} after epoch {start}")
     progress = not args.no_progress
-    for epoch in range(start, args.epochs):
-        tr = classification_epoch(train_loader, model, opt, f"epoch {epoch + 1}/{args.epochs}",
-                                  progress, flatten)
-        te = classification_epoch(test_loader, model, None, "eval", progress, flatten)
-        if sched is not None:
-            sched.step()
-        for split, r in (("train", tr), ("test", te)):
-            history[f"{split}_loss"].append(r["loss"])
-            history[f"{split}_acc"].append(r["acc"])
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {tr['loss']:.4f} acc {tr['acc']:.4f} "
-              f"| test loss {te['loss']:.4f} acc {te['acc']:.4f} | {tr['seconds']:.1f}s "
-              f"{tr['samples_per_s']:.0f} samples/s", flush=True)
-        if args.checkpoint:
-            extra = {"scheduler": sched.state_dict()} if sched is not None else {}
-            save_checkpoint(args.checkpoint, model, opt, epoch, history, task=args.task, **extra)
-    if args.plot:
-        plot_curves(history, args.plot, f"needle {args.task}")
-    return model, history
 
+    def report(tr, te):
+        return (f"train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | test loss {te['loss']:.4f} "
+                f"acc {te['acc']:.4f} | {tr['seconds']:.1f}s {tr['samples_per_s']:.0f} samples/s")
 
-def ptb_epoch(data, model, seq_len, opt=None, clip=None, device=None, desc="", progress=True):
-    """One pass over batchified PTB data; -> dict(loss, acc, ppl, seconds, tokens_per_s)."""
-    loss_fn = nn.SoftmaxLoss()
-    model.train() if opt is not None else model.eval()
-    nbatch = data.shape[0]
-    h = None
-    correct, total_loss, count = 0.0, 0.0, 0
-    start = time.perf_counter()
-    steps = range(0, nbatch - 1, seq_len)
-    bar = _progress(steps, len(steps), desc, progress)
-    for i in bar:
-        x, y = ndl.data.get_batch(data, i, seq_len, device=device)
-        out, h = model(x, h)
-        h = tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()
-        loss = loss_fn(out, y)
-        if opt is not None:
-            opt.reset_grad()
-            loss.backward()
-            if clip:
-                opt.clip_grad_norm(clip)
-            opt.step()
-        n = y.shape[0]
-        correct += float((out.numpy().argmax(axis=1) == y.numpy()).sum())
-        total_loss += float(loss.numpy()) * n
-        count += n
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{total_loss / count:.3f}", acc=f"{correct / count:.3f}",
-                        tok_s=f"{count / max(elapsed, 1e-9):.0f}", refresh=False)
-    bar.close()
-    seconds = time.perf_counter() - start
-    loss = total_loss / max(count, 1)
-    return {"loss": loss, "acc": correct / max(count, 1), "ppl": math.exp(min(loss, 50)),
-            "seconds": seconds, "tokens_per_s": count / max(seconds, 1e-9)}
+    return fit_task(
+        args, model, opt,
+        lambda desc: classification_epoch(train_loader, model, opt, desc, progress, flatten),
+        lambda desc: classification_epoch(test_loader, model, None, desc, progress, flatten),
+        "acc", report, f"needle {args.task}")
 
 
 def run_ptb(args, device):
@@ -276,33 +246,17 @@ def run_ptb(args, device):
     model = LanguageModel(args.embedding_size, len(corpus.dictionary), args.hidden_size,
                           args.num_layers, args.seq_model, args.seq_len, device=device)
     opt = make_optimizer(args, model.parameters())
-    sched = make_scheduler(args, opt)
-    history = {"train_loss": [], "train_ppl": [], "test_loss": [], "test_ppl": []}
-    start = 0
-    if args.resume and os.path.exists(args.checkpoint):
-        start, history, ckpt = load_checkpoint(args.checkpoint, model, opt)
-        if sched is not None and "scheduler" in ckpt:
-            sched.load_state_dict(ckpt["scheduler"])
-        print(f"resumed from {args.checkpoint} after epoch {start}")
-    progress = not args.no_progress
-    for epoch in range(start, args.epochs):
-        tr = ptb_epoch(train, model, args.seq_len, opt, args.clip, device,
-                       f"epoch {epoch + 1}/{args.epochs}", progress)
-        te = ptb_epoch(test, model, args.seq_len, None, None, device, "eval", progress)
-        if sched is not None:
-            sched.step()
-        for split, r in (("train", tr), ("test", te)):
-            history[f"{split}_loss"].append(r["loss"])
-            history[f"{split}_ppl"].append(r["ppl"])
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {tr['loss']:.3f} ppl {tr['ppl']:.1f} "
-              f"| test loss {te['loss']:.3f} ppl {te['ppl']:.1f} | {tr['seconds']:.1f}s "
-              f"{tr['tokens_per_s']:.0f} tokens/s", flush=True)
-        if args.checkpoint:
-            extra = {"scheduler": sched.state_dict()} if sched is not None else {}
-            save_checkpoint(args.checkpoint, model, opt, epoch, history, task=args.task, **extra)
-    if args.plot:
-        plot_curves(history, args.plot, f"needle ptb ({args.seq_model})")
-    return model, history
+    progress, clip = not args.no_progress, args.clip or None
+
+    def report(tr, te):
+        return (f"train loss {tr['loss']:.3f} ppl {tr['ppl']:.1f} | test loss {te['loss']:.3f} "
+                f"ppl {te['ppl']:.1f} | {tr['seconds']:.1f}s {tr['tokens_per_s']:.0f} tokens/s")
+
+    return fit_task(
+        args, model, opt,
+        lambda desc: ptb_epoch(train, model, args.seq_len, opt, clip, device, desc, progress),
+        lambda desc: ptb_epoch(test, model, args.seq_len, None, None, device, desc, progress),
+        "ppl", report, f"needle ptb ({args.seq_model})")
 
 
 def main(argv=None):

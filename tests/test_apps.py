@@ -139,6 +139,49 @@ def test_simple_ml_cifar_and_ptb_training_lowers_loss(tmp_path):
     assert after < before * 0.8
 
 
+def test_course_epochs_share_the_training_loop():
+    """The course wrappers return exactly what the shared loop computes after seed(4)."""
+    import apps.simple_ml as sm
+    from apps.mlp_resnet import MLPResNet, epoch
+    from apps.models import LanguageModel
+    from apps.training import classification_epoch, ptb_epoch
+    rs = np.random.RandomState(0)
+    X = rs.randn(30, 2, 3).astype(np.float32)
+    y = rs.randint(0, 3, size=30).astype(np.uint8)
+    loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(X, y), 8, shuffle=True)
+    np.random.seed(0)
+    model = MLPResNet(6, hidden_dim=8, num_blocks=1, num_classes=3)
+    err, loss = epoch(loader, model)
+    np.random.seed(4)
+    r = classification_epoch(loader, model, progress=False, flatten=True)
+    assert (err, loss) == (r["err"], r["loss"]) and r["err"] == pytest.approx(1 - r["acc"])
+    data = ndl.data.batchify(rs.randint(0, 7, size=90), 3)
+    np.random.seed(0)
+    lm = LanguageModel(4, 7, 5, seq_model="rnn")
+    acc, loss = sm.epoch_general_ptb(data, lm, seq_len=7)
+    np.random.seed(4)
+    r = ptb_epoch(data, lm, 7, progress=False)
+    assert (acc, loss) == (r["acc"], r["loss"]) and r["count"] == 29 * 3   # every target once
+    with pytest.raises(ValueError, match="seq_len"):
+        ptb_epoch(data, lm, 0, progress=False)
+
+
+def test_epoch_progress_bar_path():
+    pytest.importorskip("tqdm")
+    from apps.models import LanguageModel
+    from apps.training import classification_epoch, ptb_epoch
+    X = np.random.RandomState(0).rand(10, 4).astype(np.float32)
+    loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(X, np.arange(10) % 2), 4)
+    np.random.seed(0)
+    model = nn.Linear(4, 2)
+    quiet = classification_epoch(loader, model, progress=False)
+    shown = classification_epoch(loader, model, desc="eval", progress=True)
+    assert shown["loss"] == quiet["loss"] and shown["acc"] == quiet["acc"]
+    lm = LanguageModel(4, 5, 3, seq_model="lstm")
+    data = ndl.data.batchify(np.arange(40) % 5, 2)
+    assert ptb_epoch(data, lm, 6, desc="eval")["count"] == 19 * 2
+
+
 # ----- CLI trainer, checkpoints, plots --------------------------------------
 
 def test_train_cli_digits_checkpoint_resume_plot(tmp_path):
@@ -187,6 +230,20 @@ def test_train_cli_bad_arguments(tmp_path):
         train.main(["imagenet"])
     with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.gz"):
         train.main(["mnist", "--data", str(tmp_path / "none"), "--split", "10", "--no-progress"])
+    for bad in (["--seq-len", "0"], ["--clip", "-1"], ["--limit", "0"]):
+        with pytest.raises(SystemExit):
+            train.main(["ptb"] + bad)
+
+
+def test_train_cli_resume_refuses_other_task(tmp_path):
+    from apps import train
+    ckpt = str(tmp_path / "d.ckpt")
+    train.main(["digits", "--limit", "64", "--epochs", "1", "--checkpoint", ckpt,
+                "--no-progress"])
+    _write_mnist(str(tmp_path / "mnist"), "t10k", 40, 0)
+    with pytest.raises(ValueError, match="task='digits'"):
+        train.main(["mnist", "--data", str(tmp_path / "mnist"), "--split", "30", "--epochs", "2",
+                    "--checkpoint", ckpt, "--resume", "--no-progress"])
 
 
 def test_checkpoint_round_trip(tmp_path):

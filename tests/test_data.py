@@ -51,6 +51,12 @@ def test_dataloader_shuffle_rng_order():
     np.testing.assert_array_equal(got2, p2)
 
 
+def test_dataloader_empty_dataset_has_no_batches():
+    for shuffle in (False, True):
+        loader = ndl.data.DataLoader(ndl.data.NDArrayDataset(np.zeros((0, 2))), 4, shuffle)
+        assert len(loader) == 0 and list(loader) == []
+
+
 def test_dataloader_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         ndl.data.DataLoader(ndl.data.NDArrayDataset(np.zeros(3)), batch_size=0)
@@ -147,6 +153,11 @@ def test_mnist_transforms_see_hwc(mnist_files):
     x, _ = ds[1]
     assert seen == [(28, 28, 1)]
     np.testing.assert_allclose(x, (images[1][:, ::-1] / 255.0).reshape(-1), rtol=1e-6)
+    X, _ = ds[np.array([2, 4])]             # an index array: each image in order
+    assert seen[1:] == [(28, 28, 1)] * 2 and X.shape == (2, 784)
+    np.testing.assert_allclose(X[1], (images[4][:, ::-1] / 255.0).reshape(-1), rtol=1e-6)
+    X, Y = ds[np.array([], dtype=int)]
+    assert X.shape == (0, 784) and Y.shape == (0,)
 
 
 def test_mnist_bad_files(tmp_path, mnist_files):
@@ -227,6 +238,8 @@ def test_cifar10_dataset(cifar_dir):
     flipped = ndl.data.CIFAR10Dataset(str(folder), train=False,
                                       transforms=[ndl.data.RandomFlipHorizontal(p=1.0)])
     np.testing.assert_allclose(flipped[0][0], test[0][0][:, :, ::-1])
+    Xf, _ = flipped[1:3]                 # a slice: every image transformed, CHW kept
+    np.testing.assert_allclose(Xf, test[1:3][0][:, :, :, ::-1])
 
 
 def test_cifar10_bad_and_missing(tmp_path, cifar_dir):

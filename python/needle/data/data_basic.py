@@ -1,5 +1,5 @@
 """Dataset and DataLoader (course semantics: numpy global RNG, one permutation per epoch)."""
-from typing import Any, Iterable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -42,19 +42,19 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.device = device
         self.dtype = dtype
-        n = len(dataset)
-        self.ordering = np.array_split(np.arange(n), range(self.batch_size, n, self.batch_size))
+        self.ordering = self._split(np.arange(len(dataset)))
+
+    def _split(self, order):
+        # An empty dataset has no batches (array_split would give one empty batch).
+        n = len(order)
+        return np.array_split(order, range(self.batch_size, n, self.batch_size)) if n else []
 
     def __len__(self):
         return len(self.ordering)
 
     def __iter__(self):
         n = len(self.dataset)
-        if self.shuffle:
-            order = np.random.permutation(n)
-            self.ordering = np.array_split(order, range(self.batch_size, n, self.batch_size))
-        else:
-            self.ordering = np.array_split(np.arange(n), range(self.batch_size, n, self.batch_size))
+        self.ordering = self._split(np.random.permutation(n) if self.shuffle else np.arange(n))
         self._batch = 0
         return self
 

@@ -4,6 +4,7 @@ Downloads use urllib with a short timeout and are written atomically. Set
 ``NEEDLE_NO_DOWNLOAD=1`` to never touch the network.
 """
 import os
+import shutil
 import tempfile
 import urllib.request
 
@@ -16,20 +17,17 @@ class DatasetMissingError(FileNotFoundError):
 
 def _fetch(url, dest):
     folder = os.path.dirname(os.path.abspath(dest))
-    resp = urllib.request.urlopen(url, timeout=TIMEOUT_S)   # fails fast when offline
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, resp:
-            while True:
-                chunk = resp.read(1 << 20)
-                if not chunk:
-                    break
-                out.write(chunk)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # The response is closed on every path, including a failure to create the temp file.
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:   # fails fast when offline
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(resp, out, 1 << 20)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def download_allowed():

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..data_basic import Dataset
+from ._image_dataset import ImageDataset
 from ._download import _fetch, ensure_files
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -54,13 +54,13 @@ def read_cifar_batch(path):
     return data, labels
 
 
-class CIFAR10Dataset(Dataset):
+class CIFAR10Dataset(ImageDataset):
     """X float32 (N, 3, 32, 32) in [0, 1], y labels; ``dataset[i]`` -> (X[i], y[i]).
 
     Transforms see each image as 32 x 32 x 3 (H, W, C) and the result goes back to CHW.
     """
 
-    def __init__(self, base_folder: str, train: bool, p: Optional[int] = 0.5,
+    def __init__(self, base_folder: str, train: bool, p: Optional[float] = 0.5,
                  transforms: Optional[List] = None):
         super().__init__(transforms)
         self.p = p
@@ -78,15 +78,3 @@ class CIFAR10Dataset(Dataset):
 
     def _transform(self, img):
         return self.apply_transforms(img.transpose(1, 2, 0)).transpose(2, 0, 1)
-
-    def __getitem__(self, index) -> object:
-        X, y = self.X[index], self.y[index]
-        if self.transforms:
-            if X.ndim == 3:
-                X = self._transform(X)
-            else:
-                X = np.stack([self._transform(x) for x in X])
-        return X, y
-
-    def __len__(self) -> int:
-        return self.X.shape[0]

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..data_basic import Dataset
+from ._image_dataset import ImageDataset
 from ._download import ensure_files
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -17,11 +17,19 @@ _IMAGES_MAGIC = 2051
 _LABELS_MAGIC = 2049
 
 
+def _ensure(*paths):
+    """Fetch (or report) every missing file at once, grouped by folder."""
+    by_folder = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            by_folder.setdefault(os.path.dirname(path) or ".", []).append(os.path.basename(path))
+    for folder, names in by_folder.items():
+        ensure_files("MNIST", folder, names,
+                     {n: MNIST_URL + n for n in names if n in MNIST_FILES})
+
+
 def _read_gz(path):
-    base = os.path.basename(path)
-    if not os.path.isfile(path):
-        urls = {base: MNIST_URL + base} if base in MNIST_FILES else {}
-        ensure_files("MNIST", os.path.dirname(path) or ".", [base], urls)
+    _ensure(path)
     try:
         with gzip.open(path, "rb") as f:
             return f.read()
@@ -66,14 +74,7 @@ def read_idx_labels(path) -> np.ndarray:
 
 def parse_mnist(image_filename, label_filename):
     """-> (X float32 (N, 784) in [0, 1], y uint8 (N,))."""
-    # Report (and fetch) every missing file at once, not just the first.
-    by_folder = {}
-    for path in (image_filename, label_filename):
-        if not os.path.isfile(path):
-            by_folder.setdefault(os.path.dirname(path) or ".", []).append(os.path.basename(path))
-    for folder, names in by_folder.items():
-        ensure_files("MNIST", folder, names,
-                     {n: MNIST_URL + n for n in names if n in MNIST_FILES})
+    _ensure(image_filename, label_filename)
     X = read_idx_images(image_filename).astype(np.float32) / 255.0
     y = read_idx_labels(label_filename)
     if X.shape[0] != y.shape[0]:
@@ -82,7 +83,7 @@ def parse_mnist(image_filename, label_filename):
     return X, y
 
 
-class MNISTDataset(Dataset):
+class MNISTDataset(ImageDataset):
     """``dataset[i]`` -> (x (784,), y); ``dataset[array]`` -> (X (k, 784), y (k,)).
 
     Transforms see each image as (28, 28, 1); the result is flattened back.
@@ -96,20 +97,6 @@ class MNISTDataset(Dataset):
         self._side = side if side * side == self.X.shape[1] else None
 
     def _transform(self, x):
-        if not self.transforms:
-            return x
         if self._side is None:
             raise ValueError(f"MNIST: transforms need square images, got {self.X.shape[1]} pixels")
         return self.apply_transforms(x.reshape(self._side, self._side, 1)).reshape(-1)
-
-    def __getitem__(self, index) -> object:
-        X, y = self.X[index], self.y[index]
-        if self.transforms:
-            if X.ndim == 1:
-                X = self._transform(X)
-            else:
-                X = np.stack([self._transform(x) for x in X])
-        return X, y
-
-    def __len__(self) -> int:
-        return self.X.shape[0]

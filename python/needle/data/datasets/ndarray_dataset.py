@@ -1,6 +1,4 @@
 """A dataset over in-memory arrays."""
-import numpy as np
-
 from ..data_basic import Dataset
 
 

@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from needle.autograd import Tensor
+from ...autograd import Tensor
 
 from ._download import ensure_files
 
