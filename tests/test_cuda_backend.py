@@ -69,6 +69,16 @@ def test_size_zero_needs_no_device():
     assert M.to_numpy(a, [0, 3], [3, 1], 0).shape == (0, 3)
 
 
+def test_index_overflow_is_rejected_before_any_device_work():
+    # prod(shape) = 2**64 would wrap to 0 and slip past the size checks.
+    with pytest.raises(ValueError):
+        M.compact(M.Array(0), M.Array(0), [2**32, 2**32], [0, 0], 0)
+    with pytest.raises(ValueError):
+        M.scalar_setitem(0, 1.0, M.Array(0), [2**32, 2**32], [0, 0], 0)
+    # a zero dimension empties the view whatever the other dimensions are
+    M.compact(M.Array(0), M.Array(0), [0, 2**40, 2**40], [1, 1, 1], 0)
+
+
 # ---------------------------------------------------------------------------
 # memory
 # ---------------------------------------------------------------------------
@@ -169,6 +179,28 @@ def test_strided_bounds_are_checked():
         M.compact(a, M.Array(1), [1] * 9, [1] * 9, 0)  # more than 8 dims
     with pytest.raises(ValueError):
         M.ewise_setitem(M.Array(3), a, [2, 2], [2, 1], 0)  # source too small
+    with pytest.raises(ValueError):  # span 4 * 2**62 wraps to 0: must not pass as in bounds
+        M.compact(a, M.Array(5), [5], [2**62], 0)
+    with pytest.raises(ValueError):
+        M.scalar_setitem(5, 1.0, a, [5], [2**62], 0)
+
+
+@needs_gpu
+@pytest.mark.slow
+def test_fill_view_near_32_bit_element_count():
+    # n just under 2**32: the grid-stride index must not wrap around (16 GiB buffer).
+    n = 2**32 - 1
+    try:
+        out = M.Array(n)
+    except MemoryError:
+        pytest.skip("not enough device memory for a 2**32-element buffer")
+    M.fill(out, 0.0)
+    M.scalar_setitem(n, 1.0, out, [n], [1], 0)
+    tail = 1 << 21
+    np.testing.assert_array_equal(M.to_numpy(out, [tail], [1], n - tail), np.ones(tail, np.float32))
+    np.testing.assert_array_equal(M.to_numpy(out, [tail], [1], 0), np.ones(tail, np.float32))
+    del out
+    M.empty_cache()
 
 
 # ---------------------------------------------------------------------------
@@ -366,3 +398,24 @@ def test_matmul_edge_cases_and_selection():
         M.matmul(M.Array(6), M.Array(5), out, 2, 3, 2)
     with pytest.raises(ValueError):
         M.bmm(M.Array(6), M.Array(6), out, 1, 2, 3, 2, [6, 3], 0, [6, 2, 1], 0)
+    # broadcast operands over one element: (2**62 + 1) * 4 outputs wraps to 4 in int64
+    with pytest.raises(ValueError):
+        M.bmm(M.Array(1), M.Array(1), M.Array(4), 1, 2**62 + 1, 1, 4, [0, 0, 0], 0, [0, 0, 0], 0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_bmm_grid_limits(kernel_selector, kernel):
+    # batch and row tiles beyond 65535 exceed grid y/z: the kernels loop over them.
+    kernel_selector(kernel)
+    batch, m, n, p = 70000, 2, 3, 2
+    x = RNG.standard_normal((batch, m, n)).astype(np.float32)
+    y = RNG.standard_normal((n, p)).astype(np.float32)
+    out = M.Array(batch * m * p)
+    M.bmm(to_dev(x), to_dev(y), out, batch, m, n, p, [m * n, n, 1], 0, [0, p, 1], 0)
+    check_close(to_host(out, (batch, m, p)), x.astype(np.float64) @ y, n)
+    m2 = 65536 * 8 + 3  # more than 65535 row blocks for the naive kernel (8 rows a block)
+    x2 = RNG.standard_normal((m2, n)).astype(np.float32)
+    out2 = M.Array(m2 * p)
+    M.matmul(to_dev(x2), to_dev(y), out2, m2, n, p)
+    check_close(to_host(out2, (m2, p)), x2.astype(np.float64) @ y, n)
