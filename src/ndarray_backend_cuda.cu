@@ -1106,6 +1106,71 @@ static void matmul(const CudaArray& a, const CudaArray& b, CudaArray& out, int64
   bmm_with(g_matmul_kernel, "matmul", a, b, out, 1, m, n, p, {m * n, n, 1}, 0, {n * p, p, 1}, 0);
 }
 
+
+// ---------------------------------------------------------------------------
+// Row gather / scatter-add (embedding lookup and its adjoint)
+// ---------------------------------------------------------------------------
+// Row numbers arrive float32-encoded on the device; they are copied to the host
+// and checked (integer in [0, num_rows)) before any kernel reads through them.
+static std::vector<int64_t> row_indices(const char* fn, const CudaArray& idx, int64_t num_rows) {
+  std::vector<float> host(static_cast<size_t>(idx.size));
+  if (idx.size) CUDA_CHECK(cudaMemcpy(host.data(), idx.ptr, idx.size * sizeof(float), cudaMemcpyDeviceToHost));
+  std::vector<int64_t> rows(host.size());
+  for (size_t r = 0; r < host.size(); ++r) {
+    const float v = host[r];
+    const int64_t i = (v >= 0.0f && v < float(num_rows)) ? static_cast<int64_t>(v) : -1;
+    if (i < 0 || i >= num_rows || float(i) != v)
+      throw std::out_of_range(std::string(fn) + ": row index " + std::to_string(v) + " is not an integer in [0, " +
+                              std::to_string(num_rows) + ")");
+    rows[r] = i;
+  }
+  return rows;
+}
+
+static void check_rows(const char* fn, const CudaArray& table, const CudaArray& rows, int64_t num_rows, int64_t dim,
+                       int64_t k) {
+  if (num_rows < 0 || dim < 0 || table.size < num_rows * dim || rows.size != k * dim)
+    throw std::invalid_argument(std::string(fn) + ": buffers of " + std::to_string(table.size) + " and " +
+                                std::to_string(rows.size) + " elements do not fit (" + std::to_string(num_rows) +
+                                ", " + std::to_string(dim) + ") and (" + std::to_string(k) + ", " +
+                                std::to_string(dim) + ")");
+}
+
+// out[r, j] = a[idx[r], j] for the k x dim elements (idx already validated).
+__global__ void gather_rows_kernel(const float* a, const float* idx, float* out, int64_t k, int64_t dim) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < k * dim; i += stride) {
+    const int64_t r = i / dim;
+    out[i] = a[static_cast<int64_t>(idx[r]) * dim + (i - r * dim)];
+  }
+}
+
+// One thread per column j: out[idx[r], j] += a[r, j] for r in order (deterministic, no atomics).
+__global__ void scatter_add_rows_kernel(const float* a, const float* idx, float* out, int64_t k, int64_t dim) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < dim; j += stride)
+    for (int64_t r = 0; r < k; ++r) out[static_cast<int64_t>(idx[r]) * dim + j] += a[r * dim + j];
+}
+
+// a is (num_rows, dim) compact, idx is (k,) compact, out is (k, dim) compact.
+static void gather_rows(const CudaArray& a, const CudaArray& idx, CudaArray& out, int64_t num_rows, int64_t dim) {
+  check_rows("gather_rows", a, out, num_rows, dim, idx.size);
+  row_indices("gather_rows", idx, num_rows);
+  if (idx.size * dim == 0) return;
+  gather_rows_kernel<<<grid_for(idx.size * dim), kThreads>>>(a.ptr, idx.ptr, out.ptr, idx.size, dim);
+  CHECK_LAUNCH("gather_rows_kernel");
+}
+
+// a is (k, dim) compact, idx is (k,) compact, out is (num_rows, dim) compact (accumulated into).
+static void scatter_add_rows(const CudaArray& a, const CudaArray& idx, CudaArray& out, int64_t num_rows,
+                             int64_t dim) {
+  check_rows("scatter_add_rows", out, a, num_rows, dim, idx.size);
+  row_indices("scatter_add_rows", idx, num_rows);
+  if (idx.size * dim == 0) return;
+  scatter_add_rows_kernel<<<grid_for(dim), kThreads>>>(a.ptr, idx.ptr, out.ptr, idx.size, dim);
+  CHECK_LAUNCH("scatter_add_rows_kernel");
+}
+
 }  // namespace cuda
 }  // namespace needle
 
@@ -1176,6 +1241,10 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
     nc::reduce<nc::SumReduce>("reduce_sum", a, out, reduce_size);
   }, py::arg("a"), py::arg("out"), py::arg("reduce_size"));
 
+  m.def("gather_rows", &nc::gather_rows, py::arg("a"), py::arg("idx"), py::arg("out"), py::arg("num_rows"),
+        py::arg("dim"));
+  m.def("scatter_add_rows", &nc::scatter_add_rows, py::arg("a"), py::arg("idx"), py::arg("out"), py::arg("num_rows"),
+        py::arg("dim"));
   m.def("matmul", &nc::matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("p"));
   m.def("bmm", [](const CudaArray& a, const CudaArray& b, CudaArray& out, int64_t batch, int64_t mm,
                   int64_t n, int64_t p, const std::vector<int64_t>& a_strides, int64_t a_offset,

@@ -147,6 +147,21 @@ OPS = {
         lambda: [_rn(3)],
     ),
     "flip": (lambda a: ndl.flip(a, (0, 2)), lambda a: np.flip(a, (0, 2)), lambda: [_rn(2, 3, 4)]),
+    "gather_rows": (
+        lambda a: ndl.gather_rows(a, [3, 0, 3, 1]),
+        lambda a: a[[3, 0, 3, 1]],
+        lambda: [_rn(5, 3)],
+    ),
+    "scatter_add_rows": (
+        lambda a: ndl.scatter_add_rows(a, [2, 0, 2], 4),
+        lambda a: np.stack([a[1], np.zeros(a.shape[1]), a[0] + a[2], np.zeros(a.shape[1])]),
+        lambda: [_rn(3, 2)],
+    ),
+    "split_partly_used": (
+        lambda a: ndl.split(a, 0)[1] * 2.0 + ndl.split(a, 0)[1],
+        lambda a: a[1] * 3.0,
+        lambda: [_rn(3, 4)],
+    ),
     "dilate": (lambda a: ndl.dilate(a, (0, 1), 2), lambda a: _np_dilate(a, 2), lambda: [_rn(2, 3)]),
     "undilate": (lambda a: ndl.undilate(a, (1,), 1), lambda a: a[:, ::2], lambda: [_rn(3, 5)]),
     "getitem": (lambda a: a[1, 1:4:2], lambda a: a[1, 1:4:2], lambda: [_rn(3, 5, 2)]),
@@ -176,7 +191,7 @@ def test_public_op_helpers_are_exported():
         "negate", "log", "exp", "relu", "tanh", "sigmoid", "maximum", "transpose", "permute", "reshape",
         "broadcast_to", "summation", "mean", "amax", "matmul", "logsumexp", "logsoftmax", "stack", "split",
         "fused_add_scalars", "flip", "dilate", "undilate", "get_item", "pad", "unfold", "make_tuple",
-        "tuple_get_item", "conv", "max_pool2d", "avg_pool2d",
+        "tuple_get_item", "conv", "max_pool2d", "avg_pool2d", "gather_rows", "scatter_add_rows",
     }
     for h in helpers:
         assert callable(getattr(ndl.ops, h)), h
@@ -285,3 +300,40 @@ def test_mismatched_devices_raise_value_error():
         cpu_t + _t(2, 3)
     with pytest.raises(ValueError, match="different devices"):
         ndl.stack([cpu_t, _t(2, 3)], 0)
+
+
+@pytest.mark.parametrize("device", ND_DEVICES)
+def test_gather_rows_rejects_bad_indices(device):
+    a = ndl.Tensor(np.ones((4, 2), np.float32), device=device)
+    for bad in ([4], [-1], [1.5]):
+        with pytest.raises(IndexError, match="gather_rows"):
+            ndl.gather_rows(a, bad)
+    with pytest.raises(IndexError, match="scatter_add_rows"):
+        ndl.scatter_add_rows(a, [0, 1, 2, 9], 5)
+
+
+def test_row_kernels_match_numpy_twin():
+    from needle.backend_ndarray import ndarray_backend_cpu as cpu
+    from needle.backend_ndarray import ndarray_backend_numpy as twin
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((6, 5)).astype(np.float32)
+    rows = rng.standard_normal((4, 5)).astype(np.float32)
+    idx = np.array([5, 0, 5, 2], np.float32)
+    outs = []
+    for mod in (cpu, twin):
+        def buf(x):
+            b = mod.Array(x.size)
+            mod.from_numpy(x, b)
+            return b
+        g = mod.Array(20)
+        mod.gather_rows(buf(table), buf(idx), g, 6, 5)
+        s = buf(np.ones((6, 5), np.float32))
+        mod.scatter_add_rows(buf(rows), buf(idx), s, 6, 5)
+        outs.append((mod.to_numpy(g, [4, 5], [5, 1], 0), mod.to_numpy(s, [6, 5], [5, 1], 0)))
+    np.testing.assert_array_equal(outs[0][0], table[[5, 0, 5, 2]])
+    expected = np.ones((6, 5), np.float32)
+    np.add.at(expected, [5, 0, 5, 2], rows)
+    for g, s in outs:
+        np.testing.assert_array_equal(g, outs[0][0])
+        np.testing.assert_allclose(s, expected, rtol=1e-6)

@@ -26,6 +26,7 @@ from .backend_selection import BACKEND, Device, NDArray, all_devices, array_api,
 
 LAZY_MODE = False
 TENSOR_COUNTER = 0
+_ND = BACKEND == "nd"
 _GRAD_ENABLED = True
 
 
@@ -159,14 +160,47 @@ class Value:
 
     @classmethod
     def make_from_op(cls, op, inputs):
-        _check_inputs(op, inputs)
+        if LAZY_MODE:
+            _check_inputs(op, inputs)
+            value = cls.__new__(cls)
+            value._init(op, inputs)
+            return value
+        # Eager: one pass over the inputs checks them, collects their arrays and
+        # whether the result needs a gradient.
+        global TENSOR_COUNTER
+        datas = []
+        requires_grad = False
+        device = None
+        for x in inputs:
+            if not isinstance(x, Value):
+                _check_inputs(op, inputs)
+            data = x.cached_data
+            if data is None:
+                data = x.realize_cached_data()
+            datas.append(data)
+            if x.requires_grad:
+                requires_grad = True
+            if _ND and type(data) is not tuple:
+                if device is None:
+                    device = data._device
+                elif data._device is not device and data._device != device:
+                    _check_inputs(op, inputs)
+        data = op.compute(*datas)
+        if array_api is numpy and not isinstance(data, (numpy.ndarray, tuple)):
+            data = numpy.asarray(data)  # numpy turns 0-d results into scalars
         value = cls.__new__(cls)
-        value._init(op, inputs)
-        if not LAZY_MODE:
-            value.realize_cached_data()
-            if not value.requires_grad:
-                # Same as detach(): a constant keeps no graph.
-                value.op, value.inputs = None, []
+        TENSOR_COUNTER += 1
+        value.num_outputs = 1
+        value.cached_data = data
+        if requires_grad and _GRAD_ENABLED:
+            value.op = op
+            value.inputs = list(inputs)
+            value.requires_grad = True
+        else:
+            # Same as detach(): a constant keeps no graph.
+            value.op = None
+            value.inputs = []
+            value.requires_grad = False
         return value
 
 
@@ -372,25 +406,65 @@ def compute_gradient_of_variables(output_tensor, out_grad):
     """Set ``node.grad`` for every node that ``output_tensor`` depends on.
 
     Reverse topological order guarantees that all partial adjoints of a node
-    are known (and summed) before its own op's gradient is taken.
+    are known (and summed) before its own op's gradient is taken. The adjoint
+    that ``tuple_get_item`` sends to its TensorTuple is kept sparse (index,
+    grad) until the tuple's own turn: a split into T parts then costs one
+    make_tuple, not T tuples of T - 1 zeros each.
     """
+    get_item_op = needle.ops.TupleGetItem
     node_to_output_grads_list = {output_tensor: [out_grad]}
     for node in reversed(find_topo_sort([output_tensor])):
         partials = node_to_output_grads_list.pop(node, None)
         if partials is None:
             continue  # a node that needs no gradient
-        grad = sum_node_list(partials)
-        node.grad = grad if node.is_leaf() else grad.detach()
-        if node.op is None:
+        grad = partials[0] if len(partials) == 1 and type(partials[0]) is not _Slot else _sum_partials(node, partials)
+        node.grad = grad if node.op is None else grad.detach()
+        op = node.op
+        if op is None:
             continue
-        for i, (inp, g) in enumerate(zip(node.inputs, node.op.gradient_as_tuple(grad, node))):
+        if type(op) is get_item_op:
+            inp = node.inputs[0]
+            if inp.requires_grad:
+                node_to_output_grads_list.setdefault(inp, []).append(_Slot(op.index, grad))
+            continue
+        for i, (inp, g) in enumerate(zip(node.inputs, op.gradient_as_tuple(grad, node))):
             if not inp.requires_grad:
                 continue
             if isinstance(inp, Tensor) and g.shape != inp.shape:
                 raise RuntimeError(
-                    f"{type(node.op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
+                    f"{type(op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
                 )
             node_to_output_grads_list.setdefault(inp, []).append(g)
+
+
+class _Slot:
+    """A sparse TensorTuple adjoint: ``grad`` at ``index``, zeros elsewhere."""
+
+    __slots__ = ("index", "grad")
+
+    def __init__(self, index, grad):
+        self.index = index
+        self.grad = grad
+
+
+def _zeros_like_array(a):
+    if array_api is numpy:
+        return Tensor.make_const(numpy.zeros(a.shape, dtype=a.dtype))
+    return Tensor.make_const(a.device.full(a.shape, 0.0))
+
+
+def _sum_partials(node, partials):
+    """Sum adjoints, expanding sparse tuple slots into one make_tuple."""
+    slots = [p for p in partials if type(p) is _Slot]
+    if not slots:
+        return sum_node_list(partials)
+    data = node.realize_cached_data()
+    per_index = [[] for _ in data]
+    for s in slots:
+        per_index[s.index].append(s.grad)
+    parts = [sum_node_list(g) if g else _zeros_like_array(data[i]) for i, g in enumerate(per_index)]
+    full = needle.ops.make_tuple(*parts)
+    return sum_node_list([full] + [p for p in partials if type(p) is not _Slot])
 
 
 def find_topo_sort(node_list: List[Value]) -> List[Value]:

@@ -24,7 +24,15 @@ def _keep_dtype(arr, p):
 
 
 def _set_param(p, arr):
-    p.data = Tensor(_keep_dtype(arr, p), device=p.device, dtype=p.dtype, requires_grad=False)
+    if isinstance(arr, np.ndarray):
+        p.data = Tensor(_keep_dtype(arr, p), device=p.device, dtype=p.dtype, requires_grad=False)
+    else:
+        p.data = Tensor.make_const(arr)  # a new NDArray: no copy needed
+
+
+def _nd(arr):
+    """The NDArray ``arr`` if it is one (nd mode), else None."""
+    return None if isinstance(arr, np.ndarray) or not hasattr(arr, "_handle") else arr
 
 
 def _sum_squares(arr) -> float:
@@ -198,6 +206,10 @@ class Adam(Optimizer):
                 g = g + w * l2
             m = self.m.get(p)
             v = self.v.get(p)
+            if _nd(g) is not None and m is not None:
+                w = self._decay(w)
+                _set_param(p, self._nd_update(w, g.compact(), m, v, c1, c2))
+                continue
             m = g * (1 - b1) if m is None else m * b1 + g * (1 - b1)
             v = (g * g) * (1 - b2) if v is None else v * b2 + (g * g) * (1 - b2)
             self.m[p] = m
@@ -205,6 +217,26 @@ class Adam(Optimizer):
             update = (m / c1) / ((v / c2) ** 0.5 + self.eps)
             w = self._decay(w)
             _set_param(p, w - update * self.lr)
+
+    def _nd_update(self, w, g, m, v, c1, c2):
+        """The same update on NDArrays, m and v updated in place (they belong to the
+        optimizer) and the bias corrections folded into two scalars:
+        mhat / (sqrt(vhat) + eps) = (m sqrt(c2) / c1) / (sqrt(v) + eps sqrt(c2))."""
+        dev = m.device
+        b1, b2 = self.beta1, self.beta2
+        t = g * (1 - b1)
+        dev.scalar_mul(m._handle, b1, m._handle)
+        dev.ewise_add(m._handle, t._handle, m._handle)
+        t = g * g
+        dev.scalar_mul(t._handle, 1 - b2, t._handle)
+        dev.scalar_mul(v._handle, b2, v._handle)
+        dev.ewise_add(v._handle, t._handle, v._handle)
+        s = v ** 0.5
+        root_c2 = math.sqrt(c2)
+        dev.scalar_add(s._handle, self.eps * root_c2, s._handle)
+        q = m / s
+        dev.scalar_mul(q._handle, -self.lr * root_c2 / c1, q._handle)
+        return w + q
 
     def _decay(self, w):
         return w

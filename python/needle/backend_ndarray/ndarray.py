@@ -477,6 +477,21 @@ class NDArray:
         """
         if not isinstance(other, NDArray):
             raise TypeError(f"matmul: operand must be an NDArray, got {type(other).__name__}")
+        if len(self._shape) == 2 and len(other._shape) == 2 and other._device is self._device:
+            # The common 2-D case without the batch bookkeeping.
+            m, n = self._shape
+            n2, p = other._shape
+            if n != n2:
+                raise ValueError(f"matmul: shapes {self.shape} and {other.shape} are not aligned ({n} != {n2})")
+            out = _alloc((m, p), self._device)
+            if m and p:
+                if n == 0:
+                    out.fill(0.0)
+                else:
+                    sa, sb = self._strides, other._strides
+                    self._device.bmm(self._handle, other._handle, out._handle, 1, m, n, p,
+                                     [0, sa[0], sa[1]], self._offset, [0, sb[0], sb[1]], other._offset)
+            return out
         if other.device != self.device:
             raise ValueError(f"matmul: arrays on different devices ({self.device} and {other.device})")
         if self.ndim == 0 or other.ndim == 0:
@@ -515,8 +530,50 @@ class NDArray:
             out = out.reshape(out.shape[:-1])
         return out
 
+    # ---- row gather / scatter-add -----------------------------------------
+    def _row_args(self, idx, what):
+        if not isinstance(idx, NDArray) or idx.device != self.device:
+            raise TypeError(f"{what}: indices must be an NDArray on {self.device}")
+        if self.ndim != 2 or idx.ndim != 1:
+            raise ValueError(f"{what}: need a 2-D array and 1-D indices, got {self.shape} and {idx.shape}")
+        return idx.compact()
+
+    def gather_rows(self, idx):
+        """(n, d) array, (k,) integer-valued indices -> (k, d) with row r = self[idx[r]]."""
+        idx = self._row_args(idx, "gather_rows")
+        n, d = self._shape
+        out = _alloc((idx._shape[0], d), self._device)
+        self._device.gather_rows(self.compact()._handle, idx._handle, out._handle, n, d)
+        return out
+
+    def scatter_add_rows(self, idx, num_rows):
+        """(k, d) array, (k,) indices -> (num_rows, d) zeros with row r added at idx[r]."""
+        idx = self._row_args(idx, "scatter_add_rows")
+        if idx._shape[0] != self._shape[0]:
+            raise ValueError(f"scatter_add_rows: {idx._shape[0]} indices for {self._shape[0]} rows")
+        out = _alloc((int(num_rows), self._shape[1]), self._device)
+        self._device.fill(out._handle, 0.0)
+        self._device.scatter_add_rows(self.compact()._handle, idx._handle, out._handle, int(num_rows),
+                                      self._shape[1])
+        return out
+
     # ---- reductions -------------------------------------------------------
     def _reduce(self, axis, keepdims, func, what):
+        ndim = len(self._shape)
+        if not keepdims and ndim and (axis == ndim - 1 or axis == (ndim - 1,) or axis == -1 or axis == (-1,)) and (
+            type(axis) is int or type(axis) is tuple
+        ):
+            # Reduce over the last axis: contiguous runs already, no permutation.
+            r = self._shape[-1]
+            out = _alloc(self._shape[:-1], self._device)
+            if out._handle.size:
+                if r == 0:
+                    if func is self.device.reduce_max:
+                        raise ValueError(f"{what}: zero-size reduction over axes {(ndim - 1,)} of shape {self.shape}")
+                    out.fill(0.0)
+                else:
+                    func(self.compact()._handle, out._handle, r)
+            return out
         axes = _normalize_axes(axis, self.ndim, what)
         if self.ndim == 0:
             axes = ()

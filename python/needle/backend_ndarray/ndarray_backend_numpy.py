@@ -181,3 +181,35 @@ def reduce_max(a, out, reduce_size):
 def reduce_sum(a, out, reduce_size):
     n = out.size
     out.array[:] = a.array[: n * reduce_size].reshape(n, reduce_size).sum(axis=1)
+
+
+def _rows(fn, idx, num_rows):
+    """idx's float32-encoded row numbers as int64, each checked to lie in [0, num_rows)."""
+    rows = idx.array
+    ints = rows.astype(np.int64)
+    if rows.size and ((rows != ints).any() or ints.min() < 0 or ints.max() >= num_rows):
+        bad = rows[(rows != ints) | (ints < 0) | (ints >= num_rows)][0]
+        raise IndexError(f"{fn}: row index {bad} is not an integer in [0, {num_rows})")
+    return ints
+
+
+def _check_rows(fn, table, rows, num_rows, dim, k):
+    if num_rows < 0 or dim < 0 or table.size < num_rows * dim or rows.size != k * dim:
+        raise ValueError(f"{fn}: buffers of {table.size} and {rows.size} elements do not fit "
+                         f"({num_rows}, {dim}) and ({k}, {dim})")
+
+
+def gather_rows(a, idx, out, num_rows, dim):
+    """a is (num_rows, dim) compact, idx is (k,) compact float32-encoded row numbers,
+    out is (k, dim) compact: out[r] = a[idx[r]] (an embedding lookup)."""
+    _check_rows("gather_rows", a, out, num_rows, dim, idx.size)
+    rows = _rows("gather_rows", idx, num_rows)
+    out.array[:] = a.array[: num_rows * dim].reshape(num_rows, dim)[rows].reshape(-1)
+
+
+def scatter_add_rows(a, idx, out, num_rows, dim):
+    """a is (k, dim) compact, idx is (k,) compact row numbers, out is (num_rows, dim) compact:
+    out[idx[r]] += a[r] for r = 0, 1, ... in order (the adjoint of gather_rows; out is not cleared)."""
+    _check_rows("scatter_add_rows", out, a, num_rows, dim, idx.size)
+    rows = _rows("scatter_add_rows", idx, num_rows)
+    np.add.at(out.array[: num_rows * dim].reshape(num_rows, dim), rows, a.array.reshape(-1, dim) if dim else a.array)

@@ -116,15 +116,25 @@ class LSTMCell(Module):
 
     def forward(self, X, h=None):
         _check_input(X, self.input_size, "LSTMCell", 2)
-        bs = X.shape[0]
+        return self._step(self._project(X), h)
+
+    def _project(self, X):
+        """``X @ W_ih + (b_ih + b_hh)`` for (rows, input_size) X: the part of the gates
+        that does not depend on the state (one matmul for a whole sequence)."""
+        gates = X @ self.W_ih
+        if self.bias_ih is not None:
+            row = (1, 4 * self.hidden_size)
+            bias = self.bias_ih.reshape(row) + self.bias_hh.reshape(row)
+            gates = gates + bias.broadcast_to(gates.shape)
+        return gates
+
+    def _step(self, gates, h):
+        """One step from the projected input ``gates`` (bs, 4H) and the state (h, c) or None."""
+        bs = gates.shape[0]
         H = self.hidden_size
         h0, c0 = (None, None) if h is None else h
-        gates = X @ self.W_ih
         if h0 is not None:
             gates = gates + h0 @ self.W_hh
-        if self.bias_ih is not None:
-            gates = gates + self.bias_ih.reshape((1, 4 * H)).broadcast_to((bs, 4 * H))
-            gates = gates + self.bias_hh.reshape((1, 4 * H)).broadcast_to((bs, 4 * H))
         # (bs, 4H) -> (bs, 4, H) -> four (bs, H) blocks in i, f, g, o order.
         blocks = ops.split(gates.reshape((bs, 4, H)), 1)
         i, f, g, o = (_sigmoid(blocks[0]), _sigmoid(blocks[1]), ops.tanh(blocks[2]),
@@ -157,16 +167,20 @@ class LSTM(Module):
         else:
             hs = list(ops.split(h[0], 0))
             cs = list(ops.split(h[1], 0))
-        inputs = list(ops.split(X, 0))
+        bs = X.shape[1]
+        seq = X
         for k, cell in enumerate(self.lstm_cells):
+            # The input half of every gate for all time steps in one matmul.
+            xw = cell._project(seq.reshape((seq_len * bs, seq.shape[2])))
+            xw = ops.split(xw.reshape((seq_len, bs, 4 * self.hidden_size)), 0)
             state = None if hs[k] is None else (hs[k], cs[k])
             outputs = []
             for t in range(seq_len):
-                state = cell(inputs[t], state)
+                state = cell._step(xw[t], state)
                 outputs.append(state[0])
             hs[k], cs[k] = state
-            inputs = outputs
-        return ops.stack(inputs, 0), (ops.stack(hs, 0), ops.stack(cs, 0))
+            seq = ops.stack(outputs, 0)
+        return seq, (ops.stack(hs, 0), ops.stack(cs, 0))
 
 
 class Embedding(Module):
@@ -185,7 +199,7 @@ class Embedding(Module):
             raise ValueError(f"Embedding({self.num_embeddings}, {self.embedding_dim}): indices "
                              f"must be in [0, {self.num_embeddings}), got range "
                              f"[{idx.min()}, {idx.max()}]")
-        n = int(np.prod(x.shape))
-        rows = one_hot(self.num_embeddings, idx.reshape(n), x.device, self.weight.dtype)
-        out = rows @ self.weight
+        # Same values as one_hot(x) @ weight, in O(len(x) * dim): a row gather whose
+        # adjoint scatter-adds into the weight's rows.
+        out = ops.gather_rows(self.weight, idx.reshape(-1))
         return out.reshape(tuple(x.shape) + (self.embedding_dim,))

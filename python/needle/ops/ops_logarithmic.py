@@ -29,7 +29,8 @@ class LogSumExp(TensorOp):
         z = node.inputs[0]
         axes = _norm_axes(self.axes, len(z.shape), "logsumexp")
         keep = tuple(1 if i in axes else n for i, n in enumerate(z.shape))
-        softmax = exp(z - broadcast_to(reshape(node, keep), z.shape))
+        # z + broadcast(-lse): the negation runs on the reduced tensor, not on (n, k).
+        softmax = exp(z + broadcast_to(reshape(-node, keep), z.shape))
         return broadcast_to(reshape(out_grad, keep), z.shape) * softmax
 
 
