@@ -39,8 +39,9 @@ using Shape = std::vector<int64_t>;
 constexpr size_t kAlignment = 256;
 constexpr int64_t kTile = 8;
 // Below this many elements a loop stays on one thread: waking the team costs
-// more than the work.
-constexpr int64_t kParallelThreshold = 1 << 15;
+// more than the work (a ResNet9 step's 64K-256K-element arrays ran 15% slower
+// on 2 threads with 32K).
+constexpr int64_t kParallelThreshold = 1 << 18;
 
 std::string shape_str(const Shape& s) {
   std::ostringstream os;
@@ -293,6 +294,27 @@ bool compact_transposed(const StridedView& v, const float* src, float* dst) {
   return true;
 }
 
+// A view whose innermost run is short (an NHWC image with C = 3 read from
+// NCHW, a small broadcast row): copy the last two dims per step, so the loop
+// is not one callback per 3-element run. Returns false for other views.
+constexpr int64_t kShortRun = 8;
+
+bool compact_short_runs(const StridedView& v, const float* src, float* dst) {
+  const int ndim = static_cast<int>(v.shape.size());
+  if (ndim < 2 || v.shape[ndim - 1] > kShortRun) return false;
+  const int64_t n0 = v.shape[ndim - 1], s0 = v.strides[ndim - 1];
+  StridedView rows{Shape(v.shape.begin(), v.shape.end() - 1), Shape(v.strides.begin(), v.strides.end() - 1),
+                   v.offset, v.size / n0};
+  for_each_run(rows, [&](int64_t i, int64_t off, int64_t n1, int64_t s1) {
+    float* o = dst + i * n0;
+    for (int64_t j = 0; j < n1; ++j) {
+      const float* x = src + off + j * s1;
+      for (int64_t k = 0; k < n0; ++k) o[j * n0 + k] = x[k * s0];
+    }
+  });
+  return true;
+}
+
 void Compact(const AlignedArray& a, AlignedArray* out, Shape shape, Shape strides, int64_t offset) {
   // a is strided (shape, strides, offset); out is compact with prod(shape) elements.
   check_view("compact", shape, strides, offset, a.size);
@@ -304,6 +326,7 @@ void Compact(const AlignedArray& a, AlignedArray* out, Shape shape, Shape stride
   const float* src = a.ptr;
   float* dst = out->ptr;
   if (compact_transposed(v, src, dst)) return;
+  if (compact_short_runs(v, src, dst)) return;
   for_each_run(v, [&](int64_t i, int64_t off, int64_t n, int64_t s) {
     if (s == 0) {
       std::fill(dst + i, dst + i + n, src[off]);
@@ -414,6 +437,41 @@ void unary(const char* fn, const AlignedArray& a, AlignedArray* out) {
   });
 }
 
+// a ** val: the exponents of BatchNorm, Adam and the power rule (2, 1, 0.5,
+// -0.5, -1, small integers) skip powf, which does not vectorise. Each fast
+// path rounds like powf does up to the last bit (double intermediates), and
+// keeps powf's special cases (pow(-0, 0.5) = +0, pow(-inf, 0.5) = +inf,
+// pow(-0, -0.5) = +inf).
+void ScalarPower(const AlignedArray& a, float val, AlignedArray* out) {
+  check_same_size("scalar_power", a.size, out->size);
+  const float* x = a.ptr;
+  float* o = out->ptr;
+  const int64_t n = out->size;
+  auto run = [&](auto f) {
+    parallel_range(n, kParallelThreshold, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; ++i) o[i] = f(x[i]);
+    });
+  };
+  if (val == 1.0f) {
+    run([](float v) { return v; });
+  } else if (val == 2.0f) {
+    run([](float v) { return v * v; });
+  } else if (val == 3.0f) {
+    run([](float v) { return float(double(v) * double(v) * double(v)); });
+  } else if (val == -1.0f) {
+    run([](float v) { return 1.0f / v; });
+  } else if (val == -2.0f) {
+    run([](float v) { return float(1.0 / (double(v) * double(v))); });
+  } else if (val == 0.5f) {
+    run([](float v) { return v == -INFINITY ? INFINITY : std::sqrt(v) + 0.0f; });
+  } else if (val == -0.5f) {
+    run([](float v) { return v == 0.0f ? INFINITY : v == -INFINITY ? 0.0f : float(1.0 / std::sqrt(double(v))); });
+  } else {
+    scalar<Power>("scalar_power", a, val, out);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Reductions
 // ---------------------------------------------------------------------------
@@ -496,6 +554,53 @@ void ReduceMax(const AlignedArray& a, AlignedArray* out, int64_t reduce_size) {
   parallel_range(rows, std::max<int64_t>(1, kParallelThreshold / reduce_size), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) o[i] = max_contiguous(x + i * reduce_size, reduce_size);
   });
+}
+
+// ---------------------------------------------------------------------------
+// Row gather / scatter-add (embedding lookup and its adjoint)
+// ---------------------------------------------------------------------------
+// Row numbers arrive float32-encoded; each must be an integer in [0, num_rows).
+std::vector<int64_t> row_indices(const char* fn, const AlignedArray& idx, int64_t num_rows) {
+  std::vector<int64_t> rows(size_t(idx.size));
+  for (int64_t r = 0; r < idx.size; ++r) {
+    const float v = idx.ptr[r];
+    const int64_t i = (v >= 0.0f && v < float(num_rows)) ? static_cast<int64_t>(v) : -1;
+    if (i < 0 || i >= num_rows || float(i) != v)
+      throw std::out_of_range(std::string(fn) + ": row index " + std::to_string(v) + " is not an integer in [0, " +
+                              std::to_string(num_rows) + ")");
+    rows[size_t(r)] = i;
+  }
+  return rows;
+}
+
+void check_rows(const char* fn, const AlignedArray& table, const AlignedArray& rows, int64_t num_rows, int64_t dim,
+                int64_t k) {
+  if (num_rows < 0 || dim < 0 || table.size < num_rows * dim || rows.size != k * dim)
+    throw std::invalid_argument(std::string(fn) + ": buffers of " + std::to_string(table.size) + " and " +
+                                std::to_string(rows.size) + " elements do not fit (" + std::to_string(num_rows) +
+                                ", " + std::to_string(dim) + ") and (" + std::to_string(k) + ", " +
+                                std::to_string(dim) + ")");
+}
+
+void GatherRows(const AlignedArray& a, const AlignedArray& idx, AlignedArray* out, int64_t num_rows, int64_t dim) {
+  // a is (num_rows, dim) compact, idx is (k,) compact, out is (k, dim) compact: out[r] = a[idx[r]].
+  check_rows("gather_rows", a, *out, num_rows, dim, idx.size);
+  const std::vector<int64_t> rows = row_indices("gather_rows", idx, num_rows);
+  for (size_t r = 0; r < rows.size(); ++r)
+    std::memcpy(out->ptr + int64_t(r) * dim, a.ptr + rows[r] * dim, size_t(dim) * sizeof(float));
+}
+
+void ScatterAddRows(const AlignedArray& a, const AlignedArray& idx, AlignedArray* out, int64_t num_rows,
+                    int64_t dim) {
+  // a is (k, dim) compact, idx is (k,) compact, out is (num_rows, dim) compact: out[idx[r]] += a[r], r in order.
+  check_rows("scatter_add_rows", *out, a, num_rows, dim, idx.size);
+  const std::vector<int64_t> rows = row_indices("scatter_add_rows", idx, num_rows);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const float* src = a.ptr + int64_t(r) * dim;
+    float* dst = out->ptr + rows[r] * dim;
+#pragma omp simd
+    for (int64_t j = 0; j < dim; ++j) dst[j] += src[j];
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -642,7 +747,7 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.def("ewise_div", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Div>("ewise_div", a, b, o); });
   m.def("scalar_div", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Div>("scalar_div", a, v, o); });
   m.def("ewise_power", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Power>("ewise_power", a, b, o); });
-  m.def("scalar_power", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Power>("scalar_power", a, v, o); });
+  m.def("scalar_power", ScalarPower);
   m.def("ewise_maximum", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Maximum>("ewise_maximum", a, b, o); });
   m.def("scalar_maximum", [](const AlignedArray& a, float v, AlignedArray* o) { scalar<Maximum>("scalar_maximum", a, v, o); });
   m.def("ewise_eq", [](const AlignedArray& a, const AlignedArray& b, AlignedArray* o) { ewise<Eq>("ewise_eq", a, b, o); });
@@ -661,6 +766,8 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
 
   m.def("reduce_max", ReduceMax);
   m.def("reduce_sum", ReduceSum);
+  m.def("gather_rows", GatherRows);
+  m.def("scatter_add_rows", ScatterAddRows);
 
   m.def("set_num_threads", set_num_threads, "Threads used by the kernels (default: NEEDLE_NUM_THREADS or all cores).");
   m.def("get_num_threads", num_threads);

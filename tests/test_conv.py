@@ -68,6 +68,8 @@ def test_conv_full_grid_matches_torch(device):
         ((2, 5, 11), (1, 3), 2, 1, 2, 1),  # 1 x k kernel, wide image
         ((1, 8, 8), 3, 2, 2, 3, 2),  # dilation 3
         ((2, 6, 6), 2, 2, 0, 1, 1),  # even kernel
+        ((2, 13, 10), 7, 4, 3, 1, 1),  # polyphase dX, 16 phases, H and W not multiples of the stride
+        ((2, 9, 9), (5, 2), (3, 2), (2, 1), 1, 2),  # polyphase dX with groups and per-axis stride
     ],
 )
 def test_conv_odd_cases_match_torch(device, shape, kernel, stride, padding, dilation, groups):

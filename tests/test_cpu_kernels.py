@@ -180,9 +180,12 @@ def view_cases():
     yield "size1", base[5:6].reshape(1, 1, 1)
     yield "im2col", np.lib.stride_tricks.as_strided(
         base[: 2 * 9 * 9 * 3], shape=(2, 7, 7, 3, 3, 3), strides=tuple(4 * s for s in (243, 27, 3, 27, 3, 1)))
+    # short innermost runs (copied two dims per step): NCHW -> NHWC with C = 3, a small broadcast row
+    yield "nchw_to_nhwc", base[: 5 * 3 * 33 * 17].reshape(5, 3, 33, 17).transpose(0, 2, 3, 1)
+    yield "short_broadcast_row", np.broadcast_to(base[:5], (301, 5))
 
 
-@pytest.mark.parametrize("case", list(range(11)))
+@pytest.mark.parametrize("case", list(range(13)))
 def test_compact_views(case, threads):
     name, view = list(view_cases())[case]
     base = view.base
@@ -235,6 +238,26 @@ def test_elementwise_sizes(n, threads):
     np.testing.assert_allclose(from_dev(out, (n,)), np.exp(x), rtol=1e-5)
     cpu.fill(out, -2.0)
     np.testing.assert_array_equal(from_dev(out, (n,)), -2.0)
+
+
+@pytest.mark.parametrize("n", [7, (1 << 15) + 3])
+def test_scalar_power_fast_paths(n, threads):
+    """The exponents with a fast path (and one without) against powf semantics."""
+    x = np.abs(RNG.standard_normal(n)).astype(np.float32) + 0.1
+    x[:6] = [0.0, -0.0, np.inf, -np.inf, np.nan, -2.0]
+    a, out = to_dev(x), cpu.Array(n)
+    for p in (1.0, 2.0, 3.0, -1.0, -2.0, 0.5, -0.5, 1.5):
+        cpu.scalar_power(a, p, out)
+        with np.errstate(all="ignore"):
+            want = np.array([np.float32(np.power(np.float64(v), p)) for v in x[:6]] + list(
+                np.power(x[6:].astype(np.float64), p).astype(np.float32)), np.float32)
+        if p == 0.5:
+            want[1], want[3] = 0.0, np.inf  # powf: pow(-0, 0.5) = +0, pow(-inf, 0.5) = +inf
+        if p == -0.5:
+            want[1], want[3] = np.inf, 0.0
+        got = from_dev(out, (n,))
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"power {p}")
+        np.testing.assert_array_equal(np.signbit(got[:6]), np.signbit(want[:6]), err_msg=f"power {p}")
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (1, 7), (1, 65), (1, (1 << 18) + 5), (1, (1 << 21) + 3), (7, 13),

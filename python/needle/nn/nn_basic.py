@@ -305,9 +305,15 @@ class SoftmaxLoss(Module):
         if tuple(y.shape) != (n,):
             raise ValueError(f"SoftmaxLoss: labels must be ({n},) for logits {tuple(logits.shape)}, "
                              f"got {tuple(y.shape)}")
-        y_one_hot = one_hot(k, y, device=logits.device, dtype=logits.dtype)
+        labels = np.asarray(y.numpy()).astype(np.int64).reshape(-1)
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(f"SoftmaxLoss: labels must lie in [0, {k}), got range "
+                             f"[{labels.min()}, {labels.max()}]")
         lse = ops.logsumexp(logits, axes=(1,))
-        true_logit = (logits * y_one_hot).sum(axes=(1,))
+        # logits[i, y_i] as a row gather from the (n*k, 1) view: the same values as
+        # sum(logits * one_hot(y), 1), without an (n, k) one-hot or two full passes.
+        flat = np.arange(n, dtype=np.int64) * k + labels
+        true_logit = ops.gather_rows(logits.reshape((n * k, 1)), flat).reshape((n,))
         return (lse - true_logit).sum() / n
 
 
@@ -331,22 +337,29 @@ class BatchNorm1d(Module):
         if len(x.shape) != 2 or x.shape[1] != self.dim:
             raise ValueError(f"{type(self).__name__}({self.dim}): expected (N, {self.dim}) input, "
                              f"got {tuple(x.shape)}")
-        n = x.shape[0]
-        row = (1, self.dim)
+        return self._normalize(x)
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        """y = (x - mean) * (weight / sqrt(var + eps)) + bias over the rows of (n, dim) ``x``.
+
+        The per-feature factors are formed on (dim,) vectors and broadcast once, so the
+        graph holds few full-size ops; running statistics are updated off the graph.
+        """
+        n, shape = x.shape[0], x.shape
         if self.training:
-            mean = x.sum(axes=(0,)) / n
-            xc = x - mean.reshape(row).broadcast_to(x.shape)
+            neg_mean = x.sum(axes=(0,)) / (-n)
+            xc = x + neg_mean.broadcast_to(shape)
             var = (xc ** 2).sum(axes=(0,)) / n
             m = self.momentum
-            self.running_mean = ((1 - m) * self.running_mean + m * mean.detach()).detach()
-            self.running_var = ((1 - m) * self.running_var + m * var.detach()).detach()
+            mean_data = neg_mean.realize_cached_data() * (-m)
+            self.running_mean = Tensor.make_const((1 - m) * self.running_mean.realize_cached_data() + mean_data)
+            self.running_var = Tensor.make_const(
+                (1 - m) * self.running_var.realize_cached_data() + var.realize_cached_data() * m)
         else:
-            xc = x - self.running_mean.reshape(row).broadcast_to(x.shape)
+            xc = x - self.running_mean.broadcast_to(shape)
             var = self.running_var
-        std = ((var + self.eps) ** 0.5).reshape(row).broadcast_to(x.shape)
-        w = self.weight.reshape(row).broadcast_to(x.shape)
-        b = self.bias.reshape(row).broadcast_to(x.shape)
-        return w * (xc / std) + b
+        scale = self.weight * (var + self.eps) ** -0.5
+        return xc * scale.broadcast_to(shape) + self.bias.broadcast_to(shape)
 
 
 class BatchNorm2d(BatchNorm1d):
@@ -357,9 +370,10 @@ class BatchNorm2d(BatchNorm1d):
             raise ValueError(f"BatchNorm2d({self.dim}): expected (N, {self.dim}, H, W) input, "
                              f"got {tuple(x.shape)}")
         s = x.shape
-        _x = x.transpose((1, 2)).transpose((2, 3)).reshape((s[0] * s[2] * s[3], s[1]))
-        y = super().forward(_x).reshape((s[0], s[2], s[3], s[1]))
-        return y.transpose((2, 3)).transpose((1, 2))
+        # NCHW -> NHWC is a view; after nn.Conv (NHWC underneath) it is compact again.
+        _x = ops.permute(x, (0, 2, 3, 1)).reshape((s[0] * s[2] * s[3], s[1]))
+        y = self._normalize(_x).reshape((s[0], s[2], s[3], s[1]))
+        return ops.permute(y, (0, 3, 1, 2))
 
 
 class LayerNorm1d(Module):

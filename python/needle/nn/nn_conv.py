@@ -139,7 +139,7 @@ class Conv(Module):
             kwargs["groups"] = self.groups
         out = ops.conv(x, self.weight, stride=self.stride, padding=padding, **kwargs)
         if self.bias is not None:
-            out = out + self.bias.reshape((1, 1, 1, self.out_channels)).broadcast_to(out.shape)
+            out = out + self.bias.broadcast_to(out.shape)
         return _nhwc_to_nchw(out)
 
 

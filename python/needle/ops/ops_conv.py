@@ -3,7 +3,7 @@ import numpy
 
 from ..autograd import TensorOp
 from . import array_backend as B
-from .ops_indexing import pad
+from .ops_indexing import get_item, pad
 from .ops_mathematic import amax, dilate, flip, permute, reshape, summation
 
 
@@ -60,6 +60,29 @@ def _windows(x, kernel, stride, dilation, group_split=1):
     return B.as_strided(x, shape, strides)
 
 
+def _dx_axis(n, n_out, k, s, d, p):
+    """One spatial axis of the dX convolution (see Conv): (taps L, left and right zero padding
+    of the kernel before it is split into s phases, (pad_lo, pad_hi) of G), or None when
+    stride and kernel dilation are both > 1 (the caller then dilates G instead).
+
+    Input row t = a s + r (phase r) of X sits at o s + k = t + p of the padded input, so
+    with lp = (-p) mod s and Wp = W shifted right by lp: dX_r[a] = sum_m G[a + E - m] Wp[m s + r],
+    E = (p + lp) / s. Reshaping Wp to (L, s) and flipping the L axis makes that a stride-1
+    cross-correlation of G padded by L - 1 - E on the left; the output has ceil(n / s) rows per phase.
+    """
+    if s == 1:
+        keff = d * (k - 1) + 1
+        return k, 0, 0, (keff - 1 - p, n - n_out + p)
+    if d != 1:
+        return None
+    lp = (-p) % s
+    L = -(-(k + lp) // s)
+    E = (p + lp) // s
+    A = -(-n // s)
+    lo = L - 1 - E
+    return L, lp, L * s - k - lp, (lo, A + L - 1 - lo - n_out)
+
+
 class Conv(TensorOp):
     r"""Cross-correlation of NHWC ``X`` (N, H, W, C) with ``W`` (kh, kw, C/groups, Cout).
 
@@ -85,6 +108,16 @@ class Conv(TensorOp):
     (never read by the forward) their zero gradient. The kernel dilation is
     passed as the conv's ``dilation`` (a strided view) instead of materialising
     a zero-filled kernel: same result, no wasted multiply-adds.
+
+    For stride s > 1 (kernel dilation 1) most of Gd is zeros: s*s - 1 of every
+    s*s im2col rows. So dX is computed polyphase instead: input row t = a s + r
+    only meets the taps k = r + p (mod s), so phase r of dX is a stride-1
+    cross-correlation of the UNdilated G with the flipped sub-kernel W[r'::s].
+    The s_h * s_w flipped sub-kernels are stacked as the output channels of ONE
+    stride-1 conv (the filter is W padded to a multiple of s, reshaped to
+    (L, s) per axis and flipped along L; see _dx_axis), whose output
+    (N, ceil(H/s), ceil(W/s), s_h, s_w, C) interleaves back into (N, H, W, C).
+    Stride and dilation both > 1 on an axis falls back to dilating G.
 
     dW. dW[k, c, co] = sum_{n, o} Xp[n, o s + k d, c] G[n, o, co]: a conv of X
     with its channels moved to the batch axis (and the batch to the channel
@@ -142,6 +175,41 @@ class Conv(TensorOp):
         out = B.compact(B.permute(out.reshape((g, N, Ho, Wo, Cout // g)), (1, 2, 3, 0, 4)))
         return out.reshape((N, Ho, Wo, Cout))
 
+    def _grad_input(self, G, x_shape, W):
+        """dX as a convolution of the output gradient ``G`` with the flipped filter (see the class doc)."""
+        N, H, Wd, C = x_shape
+        kh, kw, Cg, Cout = W.shape
+        g = self.groups
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        (pt, _), (pl, _) = self.padding
+        Ho, Wo = G.shape[1:3]
+        axes = (_dx_axis(H, Ho, kh, sh, dh, pt), _dx_axis(Wd, Wo, kw, sw, dw, pl))
+        if None in axes:
+            # Stride and kernel dilation both > 1 on an axis: dilate G by (stride - 1).
+            if sh > 1:
+                G = dilate(G, (1,), sh - 1)
+            if sw > 1:
+                G = dilate(G, (2,), sw - 1)
+            sh = sw = 1
+            axes = (_dx_axis(H, Ho * self.stride[0], kh, 1, dh, pt), _dx_axis(Wd, Wo * self.stride[1], kw, 1, dw, pl))
+        (Lh, lh, rh, pad_h), (Lw, lw, rw, pad_w) = axes
+        # Polyphase filter: phase (r, q) of dX is a stride-1 conv of the UNdilated G with the
+        # flipped sub-kernel W[r'::s, q'::s]; all s*s phases are the output channels of one conv.
+        Wp = W
+        if lh or rh or lw or rw:
+            Wp = pad(W, ((lh, rh), (lw, rw), (0, 0), (0, 0)))
+        Wp = flip(reshape(Wp, (Lh, sh, Lw, sw, Cg, g, Cout // g)), (0, 2))
+        Wp = reshape(permute(Wp, (0, 2, 6, 5, 1, 3, 4)), (Lh, Lw, Cout // g, g * sh * sw * Cg))
+        dil = (dh if sh == 1 else 1, dw if sw == 1 else 1)
+        Y = Conv(stride=1, padding=(pad_h, pad_w), dilation=dil, groups=g)(G, Wp)
+        if sh == sw == 1:
+            return Y
+        Ah, Aw = Y.shape[1:3]
+        Y = reshape(permute(reshape(Y, (N, Ah, Aw, g, sh, sw, Cg)), (0, 1, 4, 2, 5, 3, 6)), (N, Ah * sh, Aw * sw, C))
+        if Ah * sh != H or Aw * sw != Wd:
+            Y = get_item(Y, (slice(None), slice(0, H), slice(0, Wd), slice(None)))
+        return Y
+
     def gradient(self, out_grad, node):
         X, W = node.inputs
         N, H, Wd, C = X.shape
@@ -155,20 +223,7 @@ class Conv(TensorOp):
         # An input that needs no gradient (the image batch of a first layer) gets None.
         dX = dW = None
         if X.requires_grad:
-            G = out_grad
-            if sh > 1:
-                G = dilate(G, (1,), sh - 1)
-            if sw > 1:
-                G = dilate(G, (2,), sw - 1)
-            Wt = reshape(
-                permute(reshape(flip(W, (0, 1)), (kh, kw, Cg, g, Cout // g)), (0, 1, 4, 3, 2)), (kh, kw, Cout // g, C)
-            )
-            dX = Conv(
-                stride=1,
-                padding=((keh - 1 - pt, H - Ho * sh + pt), (kew - 1 - pl, Wd - Wo * sw + pl)),
-                dilation=(dh, dw),
-                groups=g,
-            )(G, Wt)
+            dX = self._grad_input(out_grad, X.shape, W)
         if W.requires_grad:
             Xt = reshape(permute(reshape(X, (N, H, Wd, g, Cg)), (4, 1, 2, 3, 0)), (Cg, H, Wd, g * N))
             Gt = permute(out_grad, (1, 2, 0, 3))

@@ -9,7 +9,7 @@ from numbers import Number
 
 import numpy
 
-from ..autograd import Tensor, TensorOp, TensorTupleOp
+from ..autograd import NDArray, Tensor, TensorOp, TensorTupleOp
 from . import array_backend as B
 from .ops_tuple import make_tuple
 
@@ -464,6 +464,78 @@ def matmul(a, b):
     if len(b.shape) == 1:
         out = reshape(out, out.shape[:-1])
     return out
+
+
+# ---- row gather / scatter-add ------------------------------------------------
+def _row_index_array(indices, like):
+    """Integer row numbers as the backend's index array: int64 numpy (np mode) or a
+    float32-encoded (k,) NDArray on ``like``'s device."""
+    if isinstance(indices, Tensor):
+        indices = indices.realize_cached_data()
+    if B.NP:
+        return numpy.asarray(indices).astype(numpy.int64).reshape(-1)
+    if isinstance(indices, numpy.ndarray) or not hasattr(indices, "compact"):
+        indices = NDArray(numpy.asarray(indices, dtype=numpy.float32).reshape(-1), device=like.device)
+    return indices.reshape((indices.size,))
+
+
+class GatherRows(TensorOp):
+    """Rows of a 2-D ``a`` (n, d) picked by integer indices: out (k, d), out[r] = a[idx[r]].
+
+    An embedding lookup in O(k d) instead of a (k, n) one-hot matmul.
+    Gradient: scatter_add_rows(out_grad, idx, n) (repeated indices add up).
+    """
+
+    def __init__(self, indices):
+        self.indices = indices
+
+    def compute(self, a):
+        if a.ndim != 2:
+            raise ValueError(f"gather_rows: need a 2-D tensor, got shape {tuple(a.shape)}")
+        idx = _row_index_array(self.indices, a)
+        self.indices = idx
+        if B.NP:
+            if idx.size and (idx.min() < 0 or idx.max() >= a.shape[0]):
+                raise IndexError(f"gather_rows: indices must lie in [0, {a.shape[0]})")
+            return a[idx]
+        return a.gather_rows(idx)
+
+    def gradient(self, out_grad, node):
+        return ScatterAddRows(self.indices, node.inputs[0].shape[0])(out_grad)
+
+
+def gather_rows(a, indices):
+    return GatherRows(indices)(a)
+
+
+class ScatterAddRows(TensorOp):
+    """(k, d) rows added into (num_rows, d) zeros at integer row indices; gradient: gather_rows."""
+
+    def __init__(self, indices, num_rows):
+        self.indices = indices
+        self.num_rows = int(num_rows)
+
+    def compute(self, a):
+        if a.ndim != 2:
+            raise ValueError(f"scatter_add_rows: need a 2-D tensor, got shape {tuple(a.shape)}")
+        idx = _row_index_array(self.indices, a)
+        self.indices = idx
+        if idx.shape[0] != a.shape[0]:
+            raise ValueError(f"scatter_add_rows: {idx.shape[0]} indices for {a.shape[0]} rows")
+        if B.NP:
+            if idx.size and (idx.min() < 0 or idx.max() >= self.num_rows):
+                raise IndexError(f"scatter_add_rows: indices must lie in [0, {self.num_rows})")
+            out = numpy.zeros((self.num_rows, a.shape[1]), dtype=a.dtype)
+            numpy.add.at(out, idx, a)
+            return out
+        return a.scatter_add_rows(idx, self.num_rows)
+
+    def gradient(self, out_grad, node):
+        return GatherRows(self.indices)(out_grad)
+
+
+def scatter_add_rows(a, indices, num_rows):
+    return ScatterAddRows(indices, num_rows)(a)
 
 
 # ---- stack / split -----------------------------------------------------------
