@@ -202,15 +202,24 @@ void check_view(const char* fn, const Shape& shape, const Shape& strides, int64_
   if (shape.size() != strides.size())
     throw std::invalid_argument(std::string(fn) + ": shape " + shape_str(shape) + " and strides " + shape_str(strides) +
                                 " differ in length");
+  // Sizes and reaches are overflow-checked: a wrapped product could pass the
+  // bounds test below and let a kernel walk outside the buffer.
+  const auto overflow = [&]() {
+    return std::invalid_argument(std::string(fn) + ": view of shape " + shape_str(shape) + ", strides " +
+                                 shape_str(strides) + " overflows 64-bit indexing");
+  };
   int64_t size = 1, lo = offset, hi = offset;
+  bool empty = false;
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] < 0) throw std::invalid_argument(std::string(fn) + ": negative dim in shape " + shape_str(shape));
-    size *= shape[i];
+    empty = empty || shape[i] == 0;
   }
-  if (size == 0) return;
+  if (empty) return;
   for (size_t i = 0; i < shape.size(); ++i) {
-    int64_t reach = (shape[i] - 1) * strides[i];
-    (reach < 0 ? lo : hi) += reach;
+    int64_t reach;
+    if (__builtin_mul_overflow(size, shape[i], &size) || __builtin_mul_overflow(shape[i] - 1, strides[i], &reach) ||
+        __builtin_add_overflow(reach < 0 ? lo : hi, reach, reach < 0 ? &lo : &hi))
+      throw overflow();
   }
   if (lo < 0 || hi >= buffer_size)
     throw std::out_of_range(std::string(fn) + ": view of shape " + shape_str(shape) + ", strides " + shape_str(strides) +

@@ -514,3 +514,7 @@ def test_backend_checks_at_boundary():
         dev.bmm(a, a, out, 2, 2, 2, 2, [4, 2, 1], 1, [4, 2, 1], 0)
     with pytest.raises((ValueError, IndexError)):
         dev.Array(-1)
+    with pytest.raises(ValueError, match="overflow"):
+        dev.compact(dev.Array(1), dev.Array(5), [5], [2**62], 0)
+    with pytest.raises(ValueError, match="overflow"):
+        dev.scalar_setitem(4, 1.0, dev.Array(4), [2**40, 2**40], [1, 1], 0)
