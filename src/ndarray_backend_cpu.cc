@@ -27,6 +27,10 @@
 #include <omp.h>
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include "cpu_gemm.h"
 #include "cpu_threads.h"
 
@@ -446,6 +450,35 @@ void unary(const char* fn, const AlignedArray& a, AlignedArray* out) {
   });
 }
 
+// a is (rows, cols) compact, b is a (cols,) row read from b.ptr + b_offset and
+// broadcast over the rows: out = f(a, b) (or f(b, a) when swap). A broadcast
+// operand (bias, BatchNorm statistics) without materialising it.
+template <typename F>
+void ewise_rows(const char* fn, const AlignedArray& a, const AlignedArray& b, int64_t b_offset, AlignedArray* out,
+                int64_t cols, bool swap) {
+  check_same_size(fn, a.size, out->size);
+  if (cols < 1 || a.size % cols || b_offset < 0 || b_offset + cols > b.size)
+    throw std::invalid_argument(std::string(fn) + ": bad row broadcast (cols " + std::to_string(cols) + ")");
+  const float* x = a.ptr;
+  const float* y = b.ptr + b_offset;
+  float* o = out->ptr;
+  const int64_t rows = a.size / cols;
+  parallel_range(rows, std::max<int64_t>(1, kParallelThreshold / cols), [&](int64_t lo, int64_t hi) {
+    F f;
+    for (int64_t i = lo; i < hi; ++i) {
+      const float* xr = x + i * cols;
+      float* orow = o + i * cols;
+      if (swap) {
+#pragma omp simd
+        for (int64_t j = 0; j < cols; ++j) orow[j] = f(y[j], xr[j]);
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < cols; ++j) orow[j] = f(xr[j], y[j]);
+      }
+    }
+  });
+}
+
 // a ** val: the exponents of BatchNorm, Adam and the power rule (2, 1, 0.5,
 // -0.5, -1, small integers) skip powf, which does not vectorise. Each fast
 // path rounds like powf does up to the last bit (double intermediates), and
@@ -551,6 +584,42 @@ void ReduceSum(const AlignedArray& a, AlignedArray* out, int64_t reduce_size) {
   float* o = out->ptr;
   parallel_range(rows, std::max<int64_t>(1, kParallelThreshold / reduce_size), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) o[i] = sum_contiguous(x + i * reduce_size, reduce_size);
+  });
+}
+
+// a is (outer, reduce, inner) compact; out (outer, inner) = sum over the middle axis.
+// The sum over leading axes (bias and BatchNorm gradients) without a transposed copy:
+// rows are added into inner-wide float accumulators in blocks of 64 rows, and the block
+// sums into the output, so the error grows with n / 64 + 64, not with n.
+void ReduceSumMiddle(const AlignedArray& a, AlignedArray* out, int64_t outer, int64_t reduce, int64_t inner) {
+  if (outer < 0 || reduce < 1 || inner < 1) throw std::invalid_argument("reduce_sum_middle: bad sizes");
+  if (a.size < outer * reduce * inner || out->size < outer * inner)
+    throw std::invalid_argument("reduce_sum_middle: arrays are smaller than (outer, reduce, inner)");
+  constexpr int64_t kBlock = 64, kCols = 256;
+  const float* x = a.ptr;
+  float* o = out->ptr;
+  const int64_t col_tiles = (inner + kCols - 1) / kCols;
+  const int64_t grain = std::max<int64_t>(1, kParallelThreshold / std::max<int64_t>(1, reduce * std::min(inner, kCols)));
+  parallel_range(outer * col_tiles, grain, [&](int64_t lo, int64_t hi) {
+    float block[kCols], total[kCols];
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t oi = t / col_tiles, c0 = (t % col_tiles) * kCols, nc = std::min(kCols, inner - c0);
+      const float* base = x + oi * reduce * inner + c0;
+      for (int64_t j = 0; j < nc; ++j) total[j] = 0.0f;
+      for (int64_t r0 = 0; r0 < reduce; r0 += kBlock) {
+        const int64_t r1 = std::min(reduce, r0 + kBlock);
+        for (int64_t j = 0; j < nc; ++j) block[j] = 0.0f;
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* row = base + r * inner;
+#pragma omp simd
+          for (int64_t j = 0; j < nc; ++j) block[j] += row[j];
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < nc; ++j) total[j] += block[j];
+      }
+      float* dst = o + oi * inner + c0;
+      for (int64_t j = 0; j < nc; ++j) dst[j] = total[j];
+    }
   });
 }
 
@@ -703,6 +772,238 @@ void MatmulTiled(const AlignedArray& a, const AlignedArray& b, AlignedArray* out
   });
 }
 
+// ---------------------------------------------------------------------------
+// Fused softmax cross-entropy and optimizer steps (one pass per tensor)
+// ---------------------------------------------------------------------------
+// exp(x) for x <= 0 (the loss kernels exponentiate x - max and x - lse): Cephes'
+// expf (range reduction by ln 2, degree-5 polynomial, ~1 ulp); 0 below -87.3
+// (where expf is denormal). The AVX2 version computes the same steps 8 lanes wide.
+constexpr float kExpLow = -87.3f;
+constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
+inline float exp_nonpositive(float x) {
+  const float xc = x < kExpLow ? kExpLow : (x > 0.0f ? 0.0f : x);
+  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = kExpP[0];
+  for (int i = 1; i < 6; ++i) p = p * r + kExpP[i];
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(float));
+  return x < kExpLow ? 0.0f : y * scale;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline __m256 exp_nonpositive8(__m256 x) {
+  const __m256 low = _mm256_set1_ps(kExpLow);
+  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, low), _mm256_setzero_ps());
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(kExpP[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP[i]));
+  const __m256 y = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, low, _CMP_LT_OQ), _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// log(sum(exp(x))) of one row of k floats (max-subtracted); NaN if the row holds a NaN
+// or its max is not finite (as the composition max + log(sum(exp(x - max))) gives).
+inline float row_logsumexp(const float* x, int64_t k) {
+  float m = -INFINITY;
+  bool nan = false;
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 vm = _mm256_set1_ps(-INFINITY), vnan = _mm256_setzero_ps();
+  for (; j + 8 <= k; j += 8) {
+    const __m256 v = _mm256_loadu_ps(x + j);
+    vm = _mm256_max_ps(vm, v);
+    vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vm);
+  for (float l : lanes) m = std::max(m, l);
+  nan = _mm256_movemask_ps(vnan) != 0;
+#endif
+  for (; j < k; ++j) {
+    m = std::max(m, x[j]);
+    nan |= std::isnan(x[j]);
+  }
+  if (nan || !std::isfinite(m)) return NAN;
+  float s = 0.0f;
+  j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256 vmax = _mm256_set1_ps(m);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; j + 16 <= k; j += 16) {
+    acc0 = _mm256_add_ps(acc0, exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vmax)));
+    acc1 = _mm256_add_ps(acc1, exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), vmax)));
+  }
+  s = hsum8(_mm256_add_ps(acc0, acc1));
+#endif
+  for (; j < k; ++j) s += exp_nonpositive(x[j] - m);
+  return m + std::log(s);
+}
+
+// o[j] = exp(x[j] - l) * c for one row (l is the row's log-sum-exp, so x - l <= 0).
+inline void row_softmax_scaled(const float* x, float* o, int64_t k, float l, float c) {
+  if (std::isnan(l)) {
+    std::fill(o, o + k, NAN);
+    return;
+  }
+  int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const __m256 vl = _mm256_set1_ps(l), vc = _mm256_set1_ps(c);
+  for (; j + 8 <= k; j += 8)
+    _mm256_storeu_ps(o + j, _mm256_mul_ps(exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(x + j), vl)), vc));
+#endif
+  for (; j < k; ++j) o[j] = exp_nonpositive(x[j] - l) * c;
+}
+
+std::vector<int64_t> class_labels(const char* fn, const AlignedArray& labels, int64_t n, int64_t k) {
+  if (labels.size != n)
+    throw std::invalid_argument(std::string(fn) + ": " + std::to_string(labels.size) + " labels for " +
+                                std::to_string(n) + " rows");
+  return row_indices(fn, labels, k);
+}
+
+void SoftmaxXent(const AlignedArray& a, const AlignedArray& labels, AlignedArray* lse, AlignedArray* loss, int64_t n,
+                 int64_t k) {
+  // a is (n, k) compact logits, labels (n,) class numbers; lse (n,) gets each row's
+  // log-sum-exp, loss (1,) the mean of lse[i] - a[i, labels[i]].
+  if (n < 0 || k < 0 || a.size < n * k || lse->size != n || loss->size != 1)
+    throw std::invalid_argument("softmax_xent: buffers of " + std::to_string(a.size) + ", " +
+                                std::to_string(lse->size) + ", " + std::to_string(loss->size) +
+                                " elements do not fit (" + std::to_string(n) + ", " + std::to_string(k) +
+                                ") logits, (n,) lse and (1,) loss");
+  const std::vector<int64_t> y = class_labels("softmax_xent", labels, n, k);
+  std::vector<double> row_loss(size_t(n), 0.0);
+  parallel_range(n, std::max<int64_t>(1, kParallelThreshold / std::max<int64_t>(k, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const float* x = a.ptr + i * k;
+      const float l = row_logsumexp(x, k);
+      lse->ptr[i] = l;
+      row_loss[size_t(i)] = double(l) - double(x[y[size_t(i)]]);
+    }
+  });
+  double total = 0.0;
+  for (double r : row_loss) total += r;
+  loss->ptr[0] = n ? float(total / double(n)) : NAN;
+}
+
+void SoftmaxXentGrad(const AlignedArray& a, const AlignedArray& labels, const AlignedArray& lse,
+                     const AlignedArray& g, AlignedArray* out, int64_t n, int64_t k, double scale) {
+  // a is (n, k) compact, labels and lse (n,), g (1,); out (n, k) compact gets
+  // (exp(a[i, j] - lse[i]) - [j == labels[i]]) * g[0] * scale.
+  if (n < 0 || k < 0 || a.size < n * k || out->size != n * k || lse.size != n || g.size != 1)
+    throw std::invalid_argument("softmax_xent_grad: buffers of " + std::to_string(a.size) + ", " +
+                                std::to_string(lse.size) + ", " + std::to_string(g.size) + ", " +
+                                std::to_string(out->size) + " elements do not fit (" + std::to_string(n) + ", " +
+                                std::to_string(k) + ") logits, (n,) lse, (1,) g and (n, k) out");
+  const std::vector<int64_t> y = class_labels("softmax_xent_grad", labels, n, k);
+  const float c = g.ptr[0] * float(scale);
+  parallel_range(n, std::max<int64_t>(1, kParallelThreshold / std::max<int64_t>(k, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const float* x = a.ptr + i * k;
+      float* o = out->ptr + i * k;
+      const float l = lse.ptr[i];
+      row_softmax_scaled(x, o, k, l, c);
+      o[y[size_t(i)]] -= c;
+    }
+  });
+}
+
+void check_step(const char* fn, const AlignedArray& out, std::initializer_list<const AlignedArray*> bufs) {
+  for (const AlignedArray* b : bufs)
+    if (b->size != out.size)
+      throw std::invalid_argument(std::string(fn) + ": a buffer has " + std::to_string(b->size) +
+                                  " elements, out has " + std::to_string(out.size));
+}
+
+void AdamStep(const AlignedArray& w, const AlignedArray& g, AlignedArray* m, AlignedArray* v, AlignedArray* out,
+              double lr, double beta1, double beta2, double eps, double weight_decay, double decay, double bias_c1,
+              double bias_c2) {
+  // All compact, same size; m, v in place: g' = g + wd w, m = b1 m + (1-b1) g',
+  // v = b2 v + (1-b2) g'^2, out = decay w - lr (m/c1) / (sqrt(v/c2) + eps).
+  check_step("adam_step", *out, {&w, &g, m, v});
+  const float b1 = float(beta1), b2 = float(beta2), ob1 = float(1 - beta1), ob2 = float(1 - beta2);
+  const float wd = float(weight_decay), dc = float(decay), c1 = float(bias_c1), c2 = float(bias_c2);
+  const float fl = float(lr), fe = float(eps);
+  const float* x = w.ptr;
+  const float* gr = g.ptr;
+  float* mm = m->ptr;
+  float* vv = v->ptr;
+  float* o = out->ptr;
+  parallel_range(out->size, kParallelThreshold, [&](int64_t lo, int64_t hi) {
+    int64_t j = lo;
+#if defined(__AVX2__) && defined(__FMA__)
+    // The same steps 8 lanes wide (the scalar loop below does not vectorise: sqrt may set errno).
+    const __m256 vb1 = _mm256_set1_ps(b1), vb2 = _mm256_set1_ps(b2), vob1 = _mm256_set1_ps(ob1),
+                 vob2 = _mm256_set1_ps(ob2), vwd = _mm256_set1_ps(wd), vdc = _mm256_set1_ps(dc),
+                 vc1 = _mm256_set1_ps(c1), vc2 = _mm256_set1_ps(c2), vlr = _mm256_set1_ps(fl),
+                 veps = _mm256_set1_ps(fe);
+    for (; j + 8 <= hi; j += 8) {
+      const __m256 xj = _mm256_loadu_ps(x + j);
+      const __m256 gw = _mm256_fmadd_ps(vwd, xj, _mm256_loadu_ps(gr + j));
+      const __m256 mj = _mm256_fmadd_ps(vb1, _mm256_loadu_ps(mm + j), _mm256_mul_ps(vob1, gw));
+      const __m256 vj = _mm256_fmadd_ps(vb2, _mm256_loadu_ps(vv + j), _mm256_mul_ps(vob2, _mm256_mul_ps(gw, gw)));
+      _mm256_storeu_ps(mm + j, mj);
+      _mm256_storeu_ps(vv + j, vj);
+      const __m256 den = _mm256_add_ps(_mm256_sqrt_ps(_mm256_div_ps(vj, vc2)), veps);
+      const __m256 upd = _mm256_div_ps(_mm256_div_ps(mj, vc1), den);
+      _mm256_storeu_ps(o + j, _mm256_fnmadd_ps(vlr, upd, _mm256_mul_ps(vdc, xj)));
+    }
+#endif
+    for (; j < hi; ++j) {
+      const float gw = gr[j] + wd * x[j];
+      const float mj = b1 * mm[j] + ob1 * gw;
+      const float vj = b2 * vv[j] + ob2 * (gw * gw);
+      mm[j] = mj;
+      vv[j] = vj;
+      o[j] = dc * x[j] - fl * ((mj / c1) / (std::sqrt(vj / c2) + fe));
+    }
+  });
+}
+
+void SgdStep(const AlignedArray& w, const AlignedArray& g, AlignedArray* u, AlignedArray* out, double lr,
+             double momentum, double weight_decay) {
+  // All compact, same size: g' = g + wd w; with momentum u = mu u + (1-mu) g' (in
+  // place) and out = w - lr u, else out = w - lr g' (u untouched).
+  if (momentum != 0.0)
+    check_step("sgd_step", *out, {&w, &g, u});
+  else
+    check_step("sgd_step", *out, {&w, &g});
+  const float mu = float(momentum), omu = float(1 - momentum), wd = float(weight_decay), fl = float(lr);
+  const float* x = w.ptr;
+  const float* gr = g.ptr;
+  float* uu = u->ptr;
+  float* o = out->ptr;
+  const bool use_u = momentum != 0.0;
+  parallel_range(out->size, kParallelThreshold, [&](int64_t lo, int64_t hi) {
+    if (use_u) {
+#pragma omp simd
+      for (int64_t j = lo; j < hi; ++j) {
+        const float uj = mu * uu[j] + omu * (gr[j] + wd * x[j]);
+        uu[j] = uj;
+        o[j] = x[j] - fl * uj;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = lo; j < hi; ++j) o[j] = x[j] - fl * (gr[j] + wd * x[j]);
+    }
+  });
+}
+
 }  // namespace cpu
 }  // namespace needle
 
@@ -775,8 +1076,20 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
 
   m.def("reduce_max", ReduceMax);
   m.def("reduce_sum", ReduceSum);
+  m.def("reduce_sum_middle", ReduceSumMiddle);
+  m.def("ewise_rows", [](const std::string& op, const AlignedArray& a, const AlignedArray& b, int64_t b_offset,
+                         AlignedArray* o, int64_t cols, bool swap) {
+    if (op == "add") ewise_rows<Add>("ewise_rows", a, b, b_offset, o, cols, swap);
+    else if (op == "mul") ewise_rows<Mul>("ewise_rows", a, b, b_offset, o, cols, swap);
+    else if (op == "div") ewise_rows<Div>("ewise_rows", a, b, b_offset, o, cols, swap);
+    else throw std::invalid_argument("ewise_rows: unknown op " + op);
+  });
   m.def("gather_rows", GatherRows);
   m.def("scatter_add_rows", ScatterAddRows);
+  m.def("softmax_xent", SoftmaxXent);
+  m.def("softmax_xent_grad", SoftmaxXentGrad);
+  m.def("adam_step", AdamStep);
+  m.def("sgd_step", SgdStep);
 
   m.def("set_num_threads", set_num_threads, "Threads used by the kernels (default: NEEDLE_NUM_THREADS or all cores).");
   m.def("get_num_threads", num_threads);

@@ -1171,6 +1171,183 @@ static void scatter_add_rows(const CudaArray& a, const CudaArray& idx, CudaArray
   CHECK_LAUNCH("scatter_add_rows_kernel");
 }
 
+// ---------------------------------------------------------------------------
+// Fused softmax cross-entropy and optimizer steps (one pass per tensor)
+// ---------------------------------------------------------------------------
+// Block-wide reduction of one float per thread (blockDim.x a multiple of 32, <= 1024).
+template <bool kMax>
+__device__ float block_reduce(float v, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = kMax ? ((u > v || isnan(u)) ? u : v) : v + u;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();  // shared may still be read from a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < warps ? shared[threadIdx.x] : (kMax ? -INFINITY : 0.0f);
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) {
+      const float u = __shfl_xor_sync(0xffffffffu, v, o);
+      v = kMax ? ((u > v || isnan(u)) ? u : v) : v + u;
+    }
+  if (threadIdx.x == 0) shared[0] = v;
+  __syncthreads();
+  return shared[0];
+}
+
+// One block per row (grid-stride over rows): lse[i] = max + log(sum(exp(x - max))),
+// row_loss[i] = lse[i] - x[labels[i]] (labels already validated on the host).
+__global__ void softmax_xent_kernel(const float* a, const float* labels, float* lse, float* row_loss, int64_t n,
+                                    int64_t k) {
+  __shared__ float shared[32];
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    const float* x = a + i * k;
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) m = (x[j] > m || isnan(x[j])) ? x[j] : m;
+    m = block_reduce<true>(m, shared);
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) s += expf(x[j] - m);
+    s = block_reduce<false>(s, shared);
+    if (threadIdx.x == 0) {
+      const float l = isfinite(m) ? m + logf(s) : NAN;
+      lse[i] = l;
+      row_loss[i] = l - x[static_cast<int64_t>(labels[i])];
+    }
+  }
+}
+
+// loss[0] = mean of the n row losses, summed in double by one block.
+__global__ void mean_kernel(const float* v, float* out, int64_t n) {
+  __shared__ double shared[kThreads];
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
+  shared[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) shared[threadIdx.x] += shared[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[0] = n ? static_cast<float>(shared[0] / static_cast<double>(n)) : NAN;
+}
+
+__global__ void softmax_xent_grad_kernel(const float* a, const float* labels, const float* lse, const float* g,
+                                         float* out, int64_t n, int64_t k, float scale) {
+  const float c = g[0] * scale;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n * k; e += stride) {
+    const int64_t i = e / k, j = e - i * k;
+    const float onehot = static_cast<int64_t>(labels[i]) == j ? 1.0f : 0.0f;
+    out[e] = (expf(a[e] - lse[i]) - onehot) * c;
+  }
+}
+
+static void check_xent(const char* fn, const CudaArray& a, const CudaArray& labels, const CudaArray& lse, int64_t n,
+                       int64_t k) {
+  if (n < 0 || k < 0 || static_cast<int64_t>(a.size) < n * k || static_cast<int64_t>(lse.size) != n)
+    throw std::invalid_argument(std::string(fn) + ": buffers of " + std::to_string(a.size) + " and " +
+                                std::to_string(lse.size) + " elements do not fit (" + std::to_string(n) + ", " +
+                                std::to_string(k) + ") logits and (n,) lse");
+  if (static_cast<int64_t>(labels.size) != n)
+    throw std::invalid_argument(std::string(fn) + ": " + std::to_string(labels.size) + " labels for " +
+                                std::to_string(n) + " rows");
+  row_indices(fn, labels, k);
+}
+
+// a is (n, k) compact logits, labels (n,) class numbers; lse (n,) gets each row's
+// log-sum-exp, loss (1,) the mean of lse[i] - a[i, labels[i]].
+static void softmax_xent(const CudaArray& a, const CudaArray& labels, CudaArray& lse, CudaArray& loss, int64_t n,
+                         int64_t k) {
+  check_xent("softmax_xent", a, labels, lse, n, k);
+  if (loss.size != 1) throw std::invalid_argument("softmax_xent: loss must have 1 element");
+  CudaArray row_loss(n);
+  if (n > 0 && k > 0) {
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(n, 65535));
+    softmax_xent_kernel<<<blocks, kThreads>>>(a.ptr, labels.ptr, lse.ptr, row_loss.ptr, n, k);
+    CHECK_LAUNCH("softmax_xent_kernel");
+  }
+  mean_kernel<<<1, kThreads>>>(row_loss.ptr, loss.ptr, n);
+  CHECK_LAUNCH("mean_kernel");
+}
+
+// out (n, k) compact = (exp(a[i, j] - lse[i]) - [j == labels[i]]) * g[0] * scale.
+static void softmax_xent_grad(const CudaArray& a, const CudaArray& labels, const CudaArray& lse, const CudaArray& g,
+                              CudaArray& out, int64_t n, int64_t k, double scale) {
+  check_xent("softmax_xent_grad", a, labels, lse, n, k);
+  if (g.size != 1 || static_cast<int64_t>(out.size) != n * k)
+    throw std::invalid_argument("softmax_xent_grad: g must have 1 element and out n * k");
+  if (n * k == 0) return;
+  softmax_xent_grad_kernel<<<grid_for(n * k), kThreads>>>(a.ptr, labels.ptr, lse.ptr, g.ptr, out.ptr, n, k,
+                                                          static_cast<float>(scale));
+  CHECK_LAUNCH("softmax_xent_grad_kernel");
+}
+
+struct AdamParams {
+  float b1, b2, ob1, ob2, wd, decay, c1, c2, lr, eps;
+};
+
+__global__ void adam_step_kernel(const float* w, const float* g, float* m, float* v, float* out, int64_t n,
+                                 AdamParams q) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += stride) {
+    const float gw = g[j] + q.wd * w[j];
+    const float mj = q.b1 * m[j] + q.ob1 * gw;
+    const float vj = q.b2 * v[j] + q.ob2 * (gw * gw);
+    m[j] = mj;
+    v[j] = vj;
+    out[j] = q.decay * w[j] - q.lr * ((mj / q.c1) / (sqrtf(vj / q.c2) + q.eps));
+  }
+}
+
+__global__ void sgd_step_kernel(const float* w, const float* g, float* u, float* out, int64_t n, float mu, float omu,
+                                float wd, float lr) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n; j += stride) {
+    float d = g[j] + wd * w[j];
+    if (u != nullptr) {
+      d = mu * u[j] + omu * d;
+      u[j] = d;
+    }
+    out[j] = w[j] - lr * d;
+  }
+}
+
+static void check_step(const char* fn, const CudaArray& out, std::initializer_list<const CudaArray*> bufs) {
+  for (const CudaArray* b : bufs)
+    if (b->size != out.size)
+      throw std::invalid_argument(std::string(fn) + ": a buffer has " + std::to_string(b->size) +
+                                  " elements, out has " + std::to_string(out.size));
+}
+
+// All compact, same size; m, v in place: g' = g + wd w, m = b1 m + (1-b1) g',
+// v = b2 v + (1-b2) g'^2, out = decay w - lr (m/c1) / (sqrt(v/c2) + eps).
+static void adam_step(const CudaArray& w, const CudaArray& g, CudaArray& m, CudaArray& v, CudaArray& out, double lr,
+                      double beta1, double beta2, double eps, double weight_decay, double decay, double bias_c1,
+                      double bias_c2) {
+  check_step("adam_step", out, {&w, &g, &m, &v});
+  if (out.size == 0) return;
+  const AdamParams q{float(beta1), float(beta2), float(1 - beta1), float(1 - beta2), float(weight_decay),
+                     float(decay), float(bias_c1), float(bias_c2), float(lr), float(eps)};
+  const int64_t n = static_cast<int64_t>(out.size);
+  adam_step_kernel<<<grid_for(n), kThreads>>>(w.ptr, g.ptr, m.ptr, v.ptr, out.ptr, n, q);
+  CHECK_LAUNCH("adam_step_kernel");
+}
+
+// g' = g + wd w; with momentum u = mu u + (1-mu) g' (in place), out = w - lr u; else out = w - lr g'.
+static void sgd_step(const CudaArray& w, const CudaArray& g, CudaArray& u, CudaArray& out, double lr, double momentum,
+                     double weight_decay) {
+  const bool use_u = momentum != 0.0;
+  if (use_u)
+    check_step("sgd_step", out, {&w, &g, &u});
+  else
+    check_step("sgd_step", out, {&w, &g});
+  if (out.size == 0) return;
+  const int64_t n = static_cast<int64_t>(out.size);
+  sgd_step_kernel<<<grid_for(n), kThreads>>>(w.ptr, g.ptr, use_u ? u.ptr : nullptr, out.ptr, n, float(momentum),
+                                             float(1 - momentum), float(weight_decay), float(lr));
+  CHECK_LAUNCH("sgd_step_kernel");
+}
+
 }  // namespace cuda
 }  // namespace needle
 
@@ -1245,6 +1422,15 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
         py::arg("dim"));
   m.def("scatter_add_rows", &nc::scatter_add_rows, py::arg("a"), py::arg("idx"), py::arg("out"), py::arg("num_rows"),
         py::arg("dim"));
+  m.def("softmax_xent", &nc::softmax_xent, py::arg("a"), py::arg("labels"), py::arg("lse"), py::arg("loss"),
+        py::arg("n"), py::arg("k"));
+  m.def("softmax_xent_grad", &nc::softmax_xent_grad, py::arg("a"), py::arg("labels"), py::arg("lse"), py::arg("g"),
+        py::arg("out"), py::arg("n"), py::arg("k"), py::arg("scale"));
+  m.def("adam_step", &nc::adam_step, py::arg("w"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("out"),
+        py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+        py::arg("decay"), py::arg("bias_c1"), py::arg("bias_c2"));
+  m.def("sgd_step", &nc::sgd_step, py::arg("w"), py::arg("g"), py::arg("u"), py::arg("out"), py::arg("lr"),
+        py::arg("momentum"), py::arg("weight_decay"));
   m.def("matmul", &nc::matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("p"));
   m.def("bmm", [](const CudaArray& a, const CudaArray& b, CudaArray& out, int64_t batch, int64_t mm,
                   int64_t n, int64_t p, const std::vector<int64_t>& a_strides, int64_t a_offset,

@@ -518,3 +518,87 @@ def test_backend_checks_at_boundary():
         dev.compact(dev.Array(1), dev.Array(5), [5], [2**62], 0)
     with pytest.raises(ValueError, match="overflow"):
         dev.scalar_setitem(4, 1.0, dev.Array(4), [2**40, 2**40], [1, 1], 0)
+
+
+# ---- fast paths: dense permuted operands, row broadcasts, middle-axis sums, gt, pad ----
+def _permuted(shape, perm, device, rng):
+    """An NDArray view of ``shape`` whose buffer is laid out in axis order ``perm``."""
+    base = rng.standard_normal([shape[p] for p in perm]).astype(np.float32)
+    inv = tuple(int(i) for i in np.argsort(perm))
+    return nd.array(base, device=device).permute(inv), base.transpose(inv)
+
+
+@pytest.mark.parametrize("device", ALL)
+@pytest.mark.parametrize("shape", [(3, 5, 7, 2), (1, 4, 1, 3), (6, 1, 5), (2, 3)])
+def test_dense_permuted_elementwise_and_sums(device, shape):
+    import itertools
+
+    rng = np.random.default_rng(3)
+    for perm in itertools.permutations(range(len(shape))):
+        a, an = _permuted(shape, perm, device, rng)
+        b, bn = _permuted(shape, perm[::-1], device, rng)
+        c, cn = _permuted(shape, perm, device, rng)
+        for got, want in [(a + b, an + bn), (a * c, an * cn), (a / (c * c + 1), an / (cn * cn + 1)),
+                          (a.exp(), np.exp(an)), (-a, -an), (a > 0.3, an > np.float32(0.3)),
+                          (a.maximum(0), np.maximum(an, 0))]:
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got.reshape((-1,)).numpy(), want.reshape(-1), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got.compact().numpy(), want, rtol=1e-5, atol=1e-6)
+        for k in range(1, len(shape) + 1):
+            for axes in itertools.combinations(range(len(shape)), k):
+                for keepdims in (False, True):
+                    want = an.sum(axis=axes, keepdims=keepdims).reshape(
+                        an.sum(axis=axes, keepdims=keepdims).shape or (1,))
+                    np.testing.assert_allclose(a.sum(axis=axes, keepdims=keepdims).numpy(), want,
+                                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", ALL)
+def test_row_broadcast_elementwise(device):
+    rng = np.random.default_rng(4)
+    for shape in [(5, 3), (2, 3, 4), (7, 1, 6), (1, 5)]:
+        full_np = rng.standard_normal(shape).astype(np.float32)
+        full = nd.array(full_np, device=device)
+        for k in range(len(shape)):
+            row_np = rng.standard_normal(shape[k:]).astype(np.float32) + 3
+            rb = nd.array(row_np, device=device).broadcast_to(shape)
+            rbn = np.broadcast_to(row_np, shape)
+            for got, want in [(full + rb, full_np + rbn), (rb + full, rbn + full_np), (rb * full, rbn * full_np),
+                              (full / rb, full_np / rbn), (rb / (full * full + 1), rbn / (full_np ** 2 + 1))]:
+                np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+        # a sliced row (non-zero offset)
+        wide = nd.array(rng.standard_normal((2, shape[-1] + 2)).astype(np.float32), device=device)
+        row = wide[1:2, 1 : shape[-1] + 1]
+        rb = row.broadcast_to(shape)
+        np.testing.assert_allclose((full - rb).numpy(), full_np - rb.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ALL)
+def test_sum_over_leading_axes_accuracy(device):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((131072, 16)) + 3).astype(np.float32)
+    want = x.astype(np.float64).sum(axis=0)
+    got = nd.array(x, device=device).sum(axis=0).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", ALL)
+def test_gt_scalar_edge_cases(device):
+    x = np.array([np.nan, np.inf, -np.inf, 0, -0.0, 1, 1.0000001, 3.4e38, -1e-45, 1e-45, 0.1], np.float32)
+    a = nd.array(x, device=device)
+    for c in [0.0, -0.0, 1.0, 1e-45, -1e-45, np.inf, -np.inf, np.nan, 0.1, 3.4e38, -3.4e38]:
+        np.testing.assert_array_equal((a > c).numpy(), (x > np.float32(c)).astype(np.float32), err_msg=str(c))
+
+
+@pytest.mark.parametrize("device", ALL)
+def test_pad_border_only(device):
+    rng = np.random.default_rng(6)
+    for shape, pads in [((2, 3, 4, 5), ((0, 0), (1, 2), (3, 0), (0, 0))), ((3,), ((2, 1),)),
+                        ((2, 0, 3), ((1, 1), (1, 1), (0, 2))), ((2, 3), ((0, 0), (0, 0)))]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        a = nd.array(x, device=device)
+        np.testing.assert_array_equal(a.pad(pads).numpy(), np.pad(x, pads))
+        if len(shape) == 4:  # a permuted (non-compact) source
+            np.testing.assert_array_equal(a.permute((0, 2, 1, 3)).pad(pads).numpy(),
+                                          np.pad(x.transpose(0, 2, 1, 3), pads))

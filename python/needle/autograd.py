@@ -418,10 +418,17 @@ def compute_gradient_of_variables(output_tensor, out_grad):
         if partials is None:
             continue  # a node that needs no gradient
         grad = partials[0] if len(partials) == 1 and type(partials[0]) is not _Slot else _sum_partials(node, partials)
-        node.grad = grad if node.op is None else grad.detach()
         op = node.op
         if op is None:
+            if _ND:
+                data = grad.cached_data
+                if type(data) is not tuple and data is not None and not data.is_compact():
+                    # Same values, compact layout: optimizers update parameters in place
+                    # through flat buffers. The grad's own graph is untouched.
+                    grad.cached_data = data.compact()
+            node.grad = grad
             continue
+        node.grad = grad.detach()
         if type(op) is get_item_op:
             inp = node.inputs[0]
             if inp.requires_grad:

@@ -24,15 +24,38 @@ def _keep_dtype(arr, p):
 
 
 def _set_param(p, arr):
+    if not isinstance(arr, np.ndarray) and arr.dtype == p.dtype:
+        p.cached_data = arr  # what ``p.data = Tensor.make_const(arr)`` does, minus the Tensor
+        return
     if isinstance(arr, np.ndarray):
         p.data = Tensor(_keep_dtype(arr, p), device=p.device, dtype=p.dtype, requires_grad=False)
     else:
         p.data = Tensor.make_const(arr)  # a new NDArray: no copy needed
 
 
-def _nd(arr):
-    """The NDArray ``arr`` if it is one (nd mode), else None."""
-    return None if isinstance(arr, np.ndarray) or not hasattr(arr, "_handle") else arr
+def _fused(w, name):
+    """The backend's one-pass update ``name`` (adam_step, sgd_step) for NDArray ``w``, or
+    None (np mode, or a backend without it): then the composition below runs instead."""
+    if isinstance(w, np.ndarray) or not hasattr(w, "_handle"):
+        return None
+    try:
+        return getattr(w.device, name)
+    except AttributeError:
+        return None
+
+
+def _state(store, p, w):
+    """The optimizer-owned compact buffer for ``p`` (zeros at first): kernels update it in place."""
+    buf = store.get(p)
+    if buf is None:
+        buf = store[p] = w.device.full(w.shape, 0.0)
+    elif buf._offset or not buf.is_compact():
+        buf = store[p] = buf.compact()
+    return buf
+
+
+def _new_like(w):
+    return w.make(w.shape, device=w.device)
 
 
 def _sum_squares(arr) -> float:
@@ -155,6 +178,15 @@ class SGD(Optimizer):
                 continue
             w = _raw(p)
             g = _raw(p.grad)
+            step = _fused(w, "sgd_step")
+            if step is not None:  # one pass: g + wd*w, momentum, w - lr*u
+                w = w.compact()
+                u = _state(self.u, p, w) if self.momentum else w
+                out = _new_like(w)
+                step(w._handle, g.compact()._handle, u._handle, out._handle, self.lr, self.momentum,
+                     self.weight_decay)
+                _set_param(p, out)
+                continue
             if self.weight_decay:
                 g = g + w * self.weight_decay
             if self.momentum:
@@ -202,14 +234,20 @@ class Adam(Optimizer):
                 continue
             w = _raw(p)
             g = _raw(p.grad)
+            step = _fused(w, "adam_step")
+            if step is not None:  # one pass per parameter; m and v updated in place
+                w = w.compact()
+                m = _state(self.m, p, w)
+                v = _state(self.v, p, w)
+                out = _new_like(w)
+                step(w._handle, g.compact()._handle, m._handle, v._handle, out._handle, self.lr, b1, b2,
+                     self.eps, l2, self._decay_factor(), c1, c2)
+                _set_param(p, out)
+                continue
             if l2:
                 g = g + w * l2
             m = self.m.get(p)
             v = self.v.get(p)
-            if _nd(g) is not None and m is not None:
-                w = self._decay(w)
-                _set_param(p, self._nd_update(w, g.compact(), m, v, c1, c2))
-                continue
             m = g * (1 - b1) if m is None else m * b1 + g * (1 - b1)
             v = (g * g) * (1 - b2) if v is None else v * b2 + (g * g) * (1 - b2)
             self.m[p] = m
@@ -218,25 +256,8 @@ class Adam(Optimizer):
             w = self._decay(w)
             _set_param(p, w - update * self.lr)
 
-    def _nd_update(self, w, g, m, v, c1, c2):
-        """The same update on NDArrays, m and v updated in place (they belong to the
-        optimizer) and the bias corrections folded into two scalars:
-        mhat / (sqrt(vhat) + eps) = (m sqrt(c2) / c1) / (sqrt(v) + eps sqrt(c2))."""
-        dev = m.device
-        b1, b2 = self.beta1, self.beta2
-        t = g * (1 - b1)
-        dev.scalar_mul(m._handle, b1, m._handle)
-        dev.ewise_add(m._handle, t._handle, m._handle)
-        t = g * g
-        dev.scalar_mul(t._handle, 1 - b2, t._handle)
-        dev.scalar_mul(v._handle, b2, v._handle)
-        dev.ewise_add(v._handle, t._handle, v._handle)
-        s = v ** 0.5
-        root_c2 = math.sqrt(c2)
-        dev.scalar_add(s._handle, self.eps * root_c2, s._handle)
-        q = m / s
-        dev.scalar_mul(q._handle, -self.lr * root_c2 / c1, q._handle)
-        return w + q
+    def _decay_factor(self):
+        return 1.0
 
     def _decay(self, w):
         return w
@@ -256,6 +277,9 @@ class AdamW(Adam):
         if self.weight_decay:
             return w * (1 - self.lr * self.weight_decay)
         return w
+
+    def _decay_factor(self):
+        return 1 - self.lr * self.weight_decay if self.weight_decay else 1.0
 
 
 # ----- learning-rate schedulers (PyTorch style: ``step()`` after each epoch) -----

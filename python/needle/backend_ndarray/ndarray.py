@@ -62,6 +62,68 @@ def _alloc(shape, device):
     return array
 
 
+@lru_cache(maxsize=4096)
+def _dense_order(shape, strides):
+    """The axis order in which a view with these strides is a compact array, or None.
+
+    A view whose strides are a permutation of compact strides (an NCHW view of an
+    NHWC buffer) covers its buffer exactly, so elementwise kernels can run over the
+    flat buffer and return the same strides. Size-1 axes may carry any stride.
+    """
+    order = tuple(sorted(range(len(shape)), key=lambda i: -strides[i]))
+    expected = 1
+    for i in reversed(order):
+        if shape[i] != 1:
+            if strides[i] != expected:
+                return None
+            expected *= shape[i]
+    return order
+
+
+def _dense_strides(a, size):
+    """a's strides if a covers its whole buffer in some axis order (offset 0), else None."""
+    if a._offset or a._handle.size != size:
+        return None
+    if a._strides == _compact_strides(a._shape) or _dense_order(a._shape, a._strides) is not None:
+        return a._strides
+    return None
+
+
+_ROW_OPS = {"add": "add", "multiply": "mul", "divide": "div"}
+
+
+def _has(device, name):
+    """Whether the device's module has the optional kernel ``name`` (cached per device)."""
+    cache = device.__dict__.setdefault("_optional", {})
+    if name not in cache:
+        cache[name] = getattr(device.__dict__.get("mod"), name, None) is not None
+    return cache[name]
+
+
+@lru_cache(maxsize=4096)
+def _row_cols(shape, strides):
+    """Row length if (shape, strides) is a compact row over trailing axes broadcast
+    (stride 0) over at least one leading axis of size > 1, else None."""
+    k = 0
+    while k < len(shape) and (strides[k] == 0 or shape[k] == 1):
+        k += 1
+    if not any(strides[i] == 0 and shape[i] > 1 for i in range(k)):
+        return None
+    tail = shape[k:]
+    cols = math.prod(tail)
+    if cols < 1 or strides[k:] != _compact_strides(tail):
+        return None
+    return cols
+
+
+def _in_layout(a, strides):
+    """The handle of a dense copy of ``a`` laid out with the dense ``strides`` (a itself if it is)."""
+    if a._strides == strides and not a._offset and a._handle.size == math.prod(a._shape):
+        return a._handle
+    order = _dense_order(a._shape, strides)
+    return a.permute(order).compact()._handle
+
+
 def _normalize_axes(axis, ndim, what):
     """axis (None, int or sequence) -> sorted tuple of distinct non-negative axes."""
     if axis is None:
@@ -386,18 +448,49 @@ class NDArray:
             raise ValueError(f"{what}: shapes {self.shape} and {other.shape} differ (NDArray does not broadcast)")
 
     def ewise_or_scalar(self, other, ewise_func, scalar_func, what="elementwise op"):
-        out = _alloc(self._shape, self._device)
-        if isinstance(other, NDArray):
-            if other._shape != self._shape or other._device != self._device:
+        """Elementwise op over the flat buffers. A dense but permuted operand (every
+        element once, e.g. an NCHW view of an NHWC buffer) is not compacted: the
+        result gets its strides, and the other operand is copied into that layout."""
+        shape = self._shape
+        is_array = isinstance(other, NDArray)
+        if is_array:
+            if other._shape != shape or other._device != self._device:
                 self._check_same(other, what)
-            if out._handle.size:
-                ewise_func(self.compact()._handle, other.compact()._handle, out._handle)
-        elif _is_scalar(other):
-            if out._handle.size:
-                scalar_func(self.compact()._handle, float(other), out._handle)
-        else:
+        elif not _is_scalar(other):
             raise TypeError(f"{what}: operand must be an NDArray or a number, got {type(other).__name__}")
-        return out
+        size = math.prod(shape)
+        if size == 0:
+            return _alloc(shape, self._device)
+        if is_array and what in _ROW_OPS and _has(self._device, "ewise_rows"):
+            out = self._ewise_rows(other, _ROW_OPS[what], size)
+            if out is not None:
+                return out
+        strides = _dense_strides(self, size)
+        if strides is None and is_array:
+            strides = _dense_strides(other, size)
+        if strides is None:
+            strides = _compact_strides(shape)
+        handle = self._device.Array(size)
+        if is_array:
+            ewise_func(_in_layout(self, strides), _in_layout(other, strides), handle)
+        else:
+            scalar_func(_in_layout(self, strides), float(other), handle)
+        return _new(shape, strides, self._device, handle, 0)
+
+    def _ewise_rows(self, other, op, size):
+        """f(full, row) when one operand is compact and the other is a row of its trailing
+        axes broadcast over the leading ones (a bias); None when the operands are not so."""
+        compact = _compact_strides(self._shape)
+        for full, row, swap in ((self, other, False), (other, self, True)):
+            if full._strides != compact or full._offset or full._handle.size != size:
+                continue
+            cols = _row_cols(row._shape, row._strides)
+            if cols is None:
+                continue
+            handle = self._device.Array(size)
+            self._device.ewise_rows(op, full._handle, row._handle, row._offset, handle, cols, swap)
+            return _new(self._shape, compact, self._device, handle, 0)
+        return None
 
     def __add__(self, other):
         return self.ewise_or_scalar(other, self.device.ewise_add, self.device.scalar_add, "add")
@@ -443,6 +536,16 @@ class NDArray:
         return 1 - (self == other)
 
     def __gt__(self, other):
+        if _is_scalar(other):
+            # float32 x > c  <=>  x >= the next float32 above c: one kernel instead of three.
+            # c = +inf has no next float and NaN compares false: x >= NaN is 0 for every x.
+            if abs(other) > 3.4e38:
+                with np.errstate(over="ignore"):
+                    c = np.float32(other)
+            else:
+                c = np.float32(other)
+            t = float("nan") if np.isnan(c) or c == np.inf else float(np.nextafter(c, np.float32(np.inf)))
+            return self.ewise_or_scalar(t, None, self.device.scalar_ge, "gt")
         return (self >= other) * (self != other)
 
     def __lt__(self, other):
@@ -454,10 +557,13 @@ class NDArray:
     __hash__ = None
 
     def _unary(self, func):
-        out = _alloc(self._shape, self._device)
-        if out.size:
-            func(self.compact()._handle, out._handle)
-        return out
+        size = math.prod(self._shape)
+        if size == 0:
+            return _alloc(self._shape, self._device)
+        strides = _dense_strides(self, size) or _compact_strides(self._shape)
+        handle = self._device.Array(size)
+        func(_in_layout(self, strides), handle)
+        return _new(self._shape, strides, self._device, handle, 0)
 
     def log(self):
         return self._unary(self.device.ewise_log)
@@ -577,6 +683,10 @@ class NDArray:
         axes = _normalize_axes(axis, self.ndim, what)
         if self.ndim == 0:
             axes = ()
+        elif func is self._device.reduce_sum and axis is not None and _has(self._device, "reduce_sum_middle"):
+            out = self._sum_middle(axes, keepdims)
+            if out is not None:
+                return out
         keep = [i for i in range(self.ndim) if i not in axes]
         view = self.permute(tuple(keep) + axes)
         reduce_size = prod(self.shape[i] for i in axes)
@@ -594,6 +704,44 @@ class NDArray:
             else:
                 func(view.compact()._handle, out._handle, reduce_size)
         return out
+
+    def _sum_middle(self, axes, keepdims):
+        """Sum over axes that are one contiguous block in memory order (leading axes of a
+        compact array, N, H, W of an NCHW view of NHWC, ...) without a transposed copy.
+        None when the axes are not such a block or the array does not cover its buffer."""
+        shape, size = self._shape, math.prod(self._shape)
+        if not size or _dense_strides(self, size) is None:
+            return None
+        order = [ax for ax in _dense_order(shape, self._strides) if shape[ax] != 1]
+        flags = [ax in axes for ax in order]
+        if True not in flags:
+            return None
+        first = flags.index(True)
+        last = len(flags) - 1 - flags[::-1].index(True)
+        if not all(flags[first : last + 1]) or last == len(flags) - 1:
+            return None  # not one block, or the innermost axis is reduced (reduce_sum's case)
+        outer = math.prod(shape[ax] for ax in order[:first])
+        reduce = math.prod(shape[ax] for ax in order[first : last + 1])
+        inner = math.prod(shape[ax] for ax in order[last + 1 :])
+        handle = self._device.Array(outer * inner)
+        self._device.reduce_sum_middle(self._handle, handle, outer, reduce, inner)
+        # Kept axes lie in memory order in the buffer; give each its stride there.
+        kept_mem = order[:first] + order[last + 1 :]
+        stride_of, stride = {}, 1
+        for ax in reversed(kept_mem):
+            stride_of[ax] = stride
+            stride *= shape[ax]
+        if keepdims:
+            out_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
+        else:
+            out_shape = tuple(n for i, n in enumerate(shape) if i not in axes)
+        kept = [i for i in range(len(shape)) if (keepdims or i not in axes)]
+        strides = tuple(stride_of.get(i, 0) for i in kept)
+        if all(shape[i] == 1 or i in axes for i in kept if i not in stride_of) and [
+            i for i in kept if i in stride_of
+        ] == kept_mem:
+            strides = _compact_strides(out_shape)  # kept axes already in logical order
+        return _new(out_shape, strides, self._device, handle, 0)
 
     def sum(self, axis=None, keepdims=False):
         return self._reduce(axis, keepdims, self.device.reduce_sum, "sum")
@@ -622,8 +770,23 @@ class NDArray:
         if any(int(l) < 0 or int(r) < 0 for l, r in axes):
             raise ValueError(f"pad: widths must be >= 0, got {axes}")
         new_shape = tuple(n + l + r for n, (l, r) in zip(self.shape, axes))
-        out = full(new_shape, 0.0, device=self.device)
-        out[tuple(slice(l, l + n) for n, (l, _) in zip(self.shape, axes))] = self
+        out = _alloc(new_shape, self._device)
+        if not out.size:
+            return out
+        if not self.size:
+            out.fill(0.0)
+            return out
+        # Write the interior once, then zero only the border slabs (not the whole array).
+        dev, strides = self._device, list(out._strides)
+        src = self.compact()
+        offset = _sum(l * st for (l, _), st in zip(axes, strides))
+        dev.ewise_setitem(src._handle, out._handle, list(self._shape), strides, offset)
+        for ax, (l, r) in enumerate(axes):
+            for lo, width in ((0, l), (new_shape[ax] - r, r)):
+                if width:
+                    shape = list(new_shape)
+                    shape[ax] = width
+                    dev.scalar_setitem(math.prod(shape), 0.0, out._handle, shape, strides, lo * strides[ax])
         return out
 
 

@@ -213,3 +213,75 @@ def scatter_add_rows(a, idx, out, num_rows, dim):
     _check_rows("scatter_add_rows", out, a, num_rows, dim, idx.size)
     rows = _rows("scatter_add_rows", idx, num_rows)
     np.add.at(out.array[: num_rows * dim].reshape(num_rows, dim), rows, a.array.reshape(-1, dim) if dim else a.array)
+
+
+def softmax_xent(a, labels, lse, loss, n, k):
+    """Softmax cross-entropy forward. a is (n, k) compact logits, labels is (n,) compact
+    float32-encoded class numbers in [0, k); writes lse (n,) = log(sum(exp(a), axis 1))
+    (max-subtracted) and loss (1,) = mean over rows of lse[i] - a[i, labels[i]]."""
+    if n < 0 or k < 0 or a.size < n * k or lse.size != n or loss.size != 1:
+        raise ValueError(f"softmax_xent: buffers of {a.size}, {lse.size}, {loss.size} elements do not fit "
+                         f"({n}, {k}) logits, ({n},) lse and (1,) loss")
+    _check_label_count("softmax_xent", labels, n)
+    rows = _rows("softmax_xent", labels, k)
+    if n == 0:
+        loss.array[0] = np.nan
+        return
+    z = a.array[: n * k].reshape(n, k)
+    m = z.max(axis=1)
+    s = np.log(np.exp(z - m[:, None]).sum(axis=1)) + m
+    lse.array[:] = s
+    loss.array[0] = np.mean(s.astype(np.float64) - z[np.arange(n), rows])
+
+
+def softmax_xent_grad(a, labels, lse, g, out, n, k, scale):
+    """Softmax cross-entropy adjoint: out[i, j] = (exp(a[i, j] - lse[i]) - [j == labels[i]])
+    * g[0] * scale, with a (n, k) compact, labels and lse (n,), g (1,) the upstream gradient."""
+    if n < 0 or k < 0 or a.size < n * k or out.size != n * k or lse.size != n or g.size != 1:
+        raise ValueError(f"softmax_xent_grad: buffers of {a.size}, {lse.size}, {g.size}, {out.size} elements "
+                         f"do not fit ({n}, {k}) logits, ({n},) lse, (1,) g and ({n}, {k}) out")
+    _check_label_count("softmax_xent_grad", labels, n)
+    rows = _rows("softmax_xent_grad", labels, k)
+    z = a.array[: n * k].reshape(n, k)
+    p = np.exp(z - lse.array[:, None])
+    p[np.arange(n), rows] -= 1
+    out.array[:] = (p * np.float32(g.array[0] * np.float32(scale))).reshape(-1)
+
+
+def _check_label_count(fn, labels, n):
+    if labels.size != n:
+        raise ValueError(f"{fn}: {labels.size} labels for {n} rows")
+
+
+def _check_step(fn, out, *bufs):
+    if any(b.size != out.size for b in bufs):
+        raise ValueError(f"{fn}: buffers of {[b.size for b in bufs]} elements, out has {out.size}")
+
+
+def adam_step(w, g, m, v, out, lr, beta1, beta2, eps, weight_decay, decay, bias_c1, bias_c2):
+    """One Adam update, all buffers compact and the same size; m and v are updated in place:
+    g' = g + weight_decay*w; m = beta1*m + (1-beta1)*g'; v = beta2*v + (1-beta2)*g'^2;
+    out = decay*w - lr * (m/bias_c1) / (sqrt(v/bias_c2) + eps).
+    (Adam: decay 1, bias_c = 1 - beta^t; AdamW: weight_decay 0, decay 1 - lr*wd.)"""
+    _check_step("adam_step", out, w, g, m, v)
+    f = np.float32
+    x = w.array
+    gw = g.array + f(weight_decay) * x if weight_decay else g.array
+    m.array[:] = f(beta1) * m.array + f(1 - beta1) * gw
+    v.array[:] = f(beta2) * v.array + f(1 - beta2) * (gw * gw)
+    upd = (m.array / f(bias_c1)) / (np.sqrt(v.array / f(bias_c2)) + f(eps))
+    out.array[:] = (x * f(decay) if decay != 1 else x) - f(lr) * upd
+
+
+def sgd_step(w, g, u, out, lr, momentum, weight_decay):
+    """One SGD update, buffers compact and the same size: g' = g + weight_decay*w; with
+    momentum u = momentum*u + (1-momentum)*g' (in place) and out = w - lr*u, else
+    out = w - lr*g' (u is not touched)."""
+    _check_step("sgd_step", out, w, g, *((u,) if momentum else ()))
+    f = np.float32
+    x = w.array
+    gw = g.array + f(weight_decay) * x if weight_decay else g.array
+    if momentum:
+        u.array[:] = f(momentum) * u.array + f(1 - momentum) * gw
+        gw = u.array
+    out.array[:] = x - f(lr) * gw

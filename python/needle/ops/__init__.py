@@ -4,4 +4,5 @@ from .ops_logarithmic import *
 from .ops_tuple import *
 from .ops_indexing import *
 from .ops_conv import *
+from .ops_loss import *
 from ..autograd import Tensor, TensorTuple
