@@ -760,6 +760,103 @@ static void reduce(const char* fn, const CudaArray& a, CudaArray& out, int64_t r
   reduce_rows<R>(fn, a.ptr, out.ptr, rows, reduce_size);
 }
 
+// a is (outer, reduce, inner) compact; out[(o * chunks + c) * inner + j] is the sum of
+// rows [c * chunk, (c + 1) * chunk) of a[o, :, j], added in order in blocks of 64 rows
+// (as the CPU kernel adds them). Adjacent threads take adjacent j, so reads coalesce.
+__global__ void sum_middle_kernel(const float* a, float* out, int64_t outer, int64_t reduce, int64_t inner,
+                                  int64_t chunk, int64_t chunks) {
+  const int64_t work = outer * chunks * inner;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < work; w += stride) {
+    const int64_t j = w % inner;
+    const int64_t t = w / inner;
+    const int64_t c = t % chunks, o = t / chunks;
+    const int64_t r0 = c * chunk;
+    const int64_t r1 = r0 + chunk < reduce ? r0 + chunk : reduce;
+    const float* x = a + o * reduce * inner + j;
+    float total = 0.f;
+    for (int64_t b0 = r0; b0 < r1; b0 += 64) {
+      const int64_t b1 = b0 + 64 < r1 ? b0 + 64 : r1;
+      float block = 0.f;
+      for (int64_t r = b0; r < b1; ++r) block += x[r * inner];
+      total += block;
+    }
+    out[w] = total;
+  }
+}
+
+// a is (outer, reduce, inner) compact; out (outer, inner) compact gets the sum over the
+// middle axis. When outer * inner is too few threads to fill the GPU the middle axis is
+// cut into chunks (multiples of 64 rows) whose partial sums a second pass adds.
+static void sum_middle(const float* a, float* out, int64_t outer, int64_t reduce, int64_t inner) {
+  if (outer * inner == 0) return;
+  const int64_t target = 4 * static_cast<int64_t>(sm_count()) * kThreads;
+  int64_t chunks = 1;
+  if (reduce > 256 && outer * inner < target)
+    chunks = std::min(ceil_div(target, outer * inner), ceil_div(reduce, 256));
+  const int64_t chunk = static_cast<int64_t>(round_up(static_cast<size_t>(ceil_div(reduce, chunks)), 64));
+  chunks = ceil_div(reduce, chunk);
+  if (chunks == 1) {
+    sum_middle_kernel<<<grid_for(outer * inner), kThreads>>>(a, out, outer, reduce, inner, reduce, 1);
+    CHECK_LAUNCH("sum_middle_kernel");
+    return;
+  }
+  CudaArray partials(outer * chunks * inner);
+  sum_middle_kernel<<<grid_for(outer * chunks * inner), kThreads>>>(a, partials.ptr, outer, reduce, inner, chunk,
+                                                                    chunks);
+  CHECK_LAUNCH("sum_middle_kernel");
+  sum_middle(partials.ptr, out, outer, chunks, inner);
+}
+
+static void reduce_sum_middle(const CudaArray& a, CudaArray& out, int64_t outer, int64_t reduce, int64_t inner) {
+  if (outer < 0 || reduce < 1 || inner < 1) throw py::value_error("reduce_sum_middle: bad sizes");
+  const int64_t rows = checked_mul("reduce_sum_middle", outer, reduce);
+  const int64_t n = checked_mul("reduce_sum_middle", rows, inner);
+  const int64_t kept = checked_mul("reduce_sum_middle", outer, inner);
+  if (a.size < static_cast<uint64_t>(n) || out.size < static_cast<uint64_t>(kept))
+    throw py::value_error("reduce_sum_middle: arrays are smaller than (outer, reduce, inner)");
+  sum_middle(a.ptr, out.ptr, outer, reduce, inner);
+}
+
+// ---------------------------------------------------------------------------
+// Row broadcast: out = f(full, row) with row a (cols,) run broadcast over the rows
+// ---------------------------------------------------------------------------
+template <class Op, bool Swap>
+__global__ void ewise_rows_kernel(const float* x, const float* y, float* out, int64_t n, int64_t cols) {
+  Op f;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float r = y[i % cols];
+    out[i] = Swap ? f(r, x[i]) : f(x[i], r);
+  }
+}
+
+template <class Op>
+static void launch_rows(const float* x, const float* y, float* out, int64_t n, int64_t cols, bool swap) {
+  if (swap)
+    ewise_rows_kernel<Op, true><<<grid_for(n), kThreads>>>(x, y, out, n, cols);
+  else
+    ewise_rows_kernel<Op, false><<<grid_for(n), kThreads>>>(x, y, out, n, cols);
+  CHECK_LAUNCH("ewise_rows_kernel");
+}
+
+// full is (rows, cols) compact, row is the (cols,) run at row.ptr + row_offset; out
+// (rows, cols) compact gets op(full, row), or op(row, full) when swap.
+static void ewise_rows(const std::string& op, const CudaArray& full, const CudaArray& row, int64_t row_offset,
+                       CudaArray& out, int64_t cols, bool swap) {
+  check_same_size("ewise_rows", full, out);
+  if (op != "add" && op != "mul" && op != "div") throw py::value_error("ewise_rows: unknown op " + op);
+  if (cols < 1 || full.size % static_cast<uint64_t>(cols) || row_offset < 0 ||
+      static_cast<uint64_t>(row_offset) > row.size || static_cast<uint64_t>(cols) > row.size - row_offset)
+    throw py::value_error("ewise_rows: bad row broadcast (cols " + std::to_string(cols) + ")");
+  const int64_t n = static_cast<int64_t>(out.size);
+  if (n == 0) return;
+  const float* y = row.ptr + row_offset;
+  if (op == "add") launch_rows<AddOp>(full.ptr, y, out.ptr, n, cols, swap);
+  else if (op == "mul") launch_rows<MulOp>(full.ptr, y, out.ptr, n, cols, swap);
+  else launch_rows<DivOp>(full.ptr, y, out.ptr, n, cols, swap);
+}
+
 // ---------------------------------------------------------------------------
 // Matmul: kernel 0 naive, 1 shared-memory tiled, 2 register-blocked
 // ---------------------------------------------------------------------------
@@ -1418,6 +1515,10 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
     nc::reduce<nc::SumReduce>("reduce_sum", a, out, reduce_size);
   }, py::arg("a"), py::arg("out"), py::arg("reduce_size"));
 
+  m.def("reduce_sum_middle", &nc::reduce_sum_middle, py::arg("a"), py::arg("out"), py::arg("outer"),
+        py::arg("reduce"), py::arg("inner"));
+  m.def("ewise_rows", &nc::ewise_rows, py::arg("op"), py::arg("full"), py::arg("row"), py::arg("row_offset"),
+        py::arg("out"), py::arg("cols"), py::arg("swap"));
   m.def("gather_rows", &nc::gather_rows, py::arg("a"), py::arg("idx"), py::arg("out"), py::arg("num_rows"),
         py::arg("dim"));
   m.def("scatter_add_rows", &nc::scatter_add_rows, py::arg("a"), py::arg("idx"), py::arg("out"), py::arg("num_rows"),

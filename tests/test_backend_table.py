@@ -49,3 +49,233 @@ def test_cuda_module_exports_table():
     assert not hasattr(mod, "matmul_tiled")
     assert mod.device_count() >= 0
     assert set(mod.memory_stats()) >= {"allocated", "cached", "peak"}
+
+
+# ---- argument order ----------------------------------------------------------
+def _signature(fn):
+    """(names, kinds) of a pybind11 function from its docstring's first line; kinds are
+    'array', 'int', 'float', 'str', 'bool', 'seq' or the raw annotation."""
+    line = (fn.__doc__ or "").strip().split("\n")[0]
+    inner = line[line.index("(") + 1 : line.rindex(") ->")]
+    parts, depth, cur = [], 0, ""
+    for ch in inner:
+        depth += ch in "[(" 
+        depth -= ch in "])"
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur.strip())
+    names, kinds = [], []
+    for p in parts:
+        name, ann = (s.strip() for s in p.split(":", 1))
+        names.append(name)
+        kind = ("array" if ann.endswith("Array") else "seq" if "Sequence" in ann or ann.startswith("list")
+                else "int" if "SupportsInt" in ann or ann == "int" else "float" if "SupportsFloat" in ann
+                or ann == "float" else "str" if ann == "str" else "bool" if ann == "bool" else ann)
+        kinds.append(kind)
+    return names, kinds
+
+
+SIGNATURES = {name: list(inspect.signature(getattr(twin, name)).parameters) for name in TABLE}
+
+
+def _compiled_modules():
+    mods = {}
+    for name in ("ndarray_backend_cpu", "ndarray_backend_cuda"):
+        mod = _load(name)
+        if not isinstance(mod, ImportError):
+            mods[name] = mod
+    return mods
+
+
+def test_compiled_argument_order_matches_twin():
+    """Same arity as the twin; named arguments (the CUDA module names them) carry the twin's
+    names in the twin's order; and both compiled modules agree on each argument's kind."""
+    mods = _compiled_modules()
+    assert mods, "no compiled backend"
+    skip = {"to_numpy", "from_numpy"}  # numpy arrays in, out: kinds differ by design
+    kinds = {}
+    for modname, mod in mods.items():
+        for name in TABLE:
+            names, k = _signature(getattr(mod, name))
+            assert len(names) == len(SIGNATURES[name]), f"{modname}.{name}{tuple(names)} vs twin {SIGNATURES[name]}"
+            if not all(n.startswith("arg") and n[3:].isdigit() for n in names):
+                assert names == SIGNATURES[name], f"{modname}.{name}{tuple(names)} vs twin {SIGNATURES[name]}"
+            if name not in skip:
+                kinds.setdefault(name, {})[modname] = k
+    for name, per in kinds.items():
+        if len(per) == 2:
+            assert per["ndarray_backend_cpu"] == per["ndarray_backend_cuda"], f"{name}: {per}"
+
+
+# ---- CPU module against the twin on random inputs ----------------------------
+np = pytest.importorskip("numpy")
+RNG = np.random.default_rng(7)
+
+
+def _cpu():
+    mod = _load("ndarray_backend_cpu")
+    if isinstance(mod, ImportError):
+        pytest.skip(f"cpu backend not built: {mod}")
+    return mod
+
+
+class _Pair:
+    """The same buffers in the twin and in the CPU module."""
+
+    def __init__(self, cpu):
+        self.cpu = cpu
+        self.bufs = []
+
+    def buf(self, data):
+        data = np.ascontiguousarray(data, dtype=np.float32).reshape(-1)
+        t, c = twin.Array(data.size), self.cpu.Array(data.size)
+        twin.from_numpy(data, t)
+        self.cpu.from_numpy(data, c)
+        self.bufs.append((t, c))
+        return t, c
+
+    def call(self, name, *args):
+        """args: (twin, cpu) pairs for buffers, plain values otherwise."""
+        getattr(twin, name)(*[a[0] if isinstance(a, tuple) else a for a in args])
+        getattr(self.cpu, name)(*[a[1] if isinstance(a, tuple) else a for a in args])
+
+    def check(self, rtol=0.0, atol=0.0):
+        for t, c in self.bufs:
+            got = self.cpu.to_numpy(c, [c.size], [1], 0)
+            np.testing.assert_allclose(got, t.array, rtol=rtol, atol=atol, equal_nan=True)
+
+
+def _rand(*shape, lo=-2.0, hi=2.0):
+    return RNG.uniform(lo, hi, size=shape).astype(np.float32)
+
+
+def _case_elementwise(p):
+    a, b = p.buf(_rand(37)), p.buf(_rand(37, lo=0.5))
+    for name in ["ewise_add", "ewise_mul", "ewise_div", "ewise_maximum", "ewise_eq", "ewise_ge"]:
+        p.call(name, a, b, p.buf(np.zeros(37)))
+    for name in ["scalar_add", "scalar_mul", "scalar_div", "scalar_maximum", "scalar_eq", "scalar_ge"]:
+        p.call(name, a, 0.75, p.buf(np.zeros(37)))
+    for val in [2.0, 0.5, -1.0, 3.0, 1.7]:
+        p.call("scalar_power", b, val, p.buf(np.zeros(37)))
+    p.call("ewise_power", b, a, p.buf(np.zeros(37)))
+    for name in ["ewise_log", "ewise_exp", "ewise_tanh"]:
+        p.call(name, b, p.buf(np.zeros(37)))
+    p.call("fill", p.buf(np.zeros(5)), 3.5)
+    return dict(rtol=2e-6)
+
+
+def _case_views(p):
+    a = p.buf(_rand(60))
+    p.call("compact", a, p.buf(np.zeros(12)), [3, 4], [1, 3], 2)
+    p.call("compact", a, p.buf(np.zeros(24)), [2, 3, 4], [0, -4, 2], 40)
+    out = p.buf(_rand(60))
+    p.call("ewise_setitem", p.buf(_rand(12)), out, [3, 4], [10, 2], 5)
+    p.call("scalar_setitem", 12, -1.5, out, [4, 3], [1, 12], 7)
+    return {}
+
+
+def _case_matmul(p):
+    a, b = p.buf(_rand(7 * 13)), p.buf(_rand(13 * 5))
+    p.call("matmul", a, b, p.buf(np.zeros(35)), 7, 13, 5)
+    big = p.buf(_rand(3 * 13 * 17))
+    for name in ["bmm", "bmm_naive"]:
+        # a transposed and broadcast over the batch, b strided with an offset
+        p.call(name, a, big, p.buf(np.zeros(3 * 7 * 4)), 3, 7, 13, 4, [0, 13, 1], 0, [221, 17, 3], 2)
+    return dict(rtol=1e-5, atol=1e-5)
+
+
+def _case_reductions(p):
+    a = p.buf(_rand(6 * 70))
+    p.call("reduce_sum", a, p.buf(np.zeros(6)), 70)
+    p.call("reduce_max", a, p.buf(np.zeros(6)), 70)
+    return dict(rtol=1e-6, atol=1e-6)
+
+
+def _case_reduce_sum_middle(p):
+    for outer, reduce, inner in [(1, 1, 1), (3, 5, 7), (2, 130, 3), (1, 300, 257), (4, 64, 1)]:
+        a = p.buf(_rand(outer * reduce * inner))
+        p.call("reduce_sum_middle", a, p.buf(np.zeros(outer * inner)), outer, reduce, inner)
+    return {}  # same order of additions: bit-equal
+
+
+def _case_ewise_rows(p):
+    full = p.buf(_rand(6 * 7))
+    row = p.buf(_rand(20, lo=0.5))
+    for op in ["add", "mul", "div"]:
+        for swap in [False, True]:
+            p.call("ewise_rows", op, full, row, 3, p.buf(np.zeros(42)), 7, swap)
+    p.call("ewise_rows", "div", full, p.buf(np.array([0.0, -0.0, np.inf, np.nan, 1, 2, 3])), 0,
+           p.buf(np.zeros(42)), 7, True)
+    return {}
+
+
+def _case_rows(p):
+    table = p.buf(_rand(9 * 5))
+    idx = p.buf(np.array([3, 0, 8, 3, 3, 1]))
+    p.call("gather_rows", table, idx, p.buf(np.zeros(6 * 5)), 9, 5)
+    p.call("scatter_add_rows", p.buf(_rand(6 * 5)), idx, p.buf(_rand(9 * 5)), 9, 5)
+    return dict(rtol=1e-6)
+
+
+def _case_softmax_xent(p):
+    n, k = 11, 19
+    a = p.buf(_rand(n * k, lo=-30, hi=30))
+    labels = p.buf(RNG.integers(0, k, size=n))
+    lse, loss = p.buf(np.zeros(n)), p.buf(np.zeros(1))
+    p.call("softmax_xent", a, labels, lse, loss, n, k)
+    p.call("softmax_xent_grad", a, labels, lse, p.buf(np.array([0.7])), p.buf(np.zeros(n * k)), n, k, 1.0 / n)
+    return dict(rtol=1e-5, atol=1e-6)
+
+
+def _case_optimizers(p):
+    n = 29
+    w, g = p.buf(_rand(n)), p.buf(_rand(n))
+    m, v = p.buf(_rand(n)), p.buf(_rand(n, lo=0.0, hi=1.0))
+    p.call("adam_step", w, g, m, v, p.buf(np.zeros(n)), 0.01, 0.9, 0.999, 1e-8, 0.1, 1.0, 0.1, 0.001)
+    p.call("adam_step", w, g, m, v, p.buf(np.zeros(n)), 0.01, 0.9, 0.999, 1e-8, 0.0, 0.999, 0.19, 0.002)
+    u = p.buf(_rand(n))
+    p.call("sgd_step", w, g, u, p.buf(np.zeros(n)), 0.1, 0.9, 0.01)
+    p.call("sgd_step", w, g, p.buf(np.zeros(n)), p.buf(np.zeros(n)), 0.1, 0.0, 0.01)
+    return dict(rtol=1e-5, atol=1e-6)
+
+
+CASES = {
+    "elementwise": _case_elementwise, "views": _case_views, "matmul": _case_matmul,
+    "reductions": _case_reductions, "reduce_sum_middle": _case_reduce_sum_middle, "ewise_rows": _case_ewise_rows,
+    "gather_scatter_rows": _case_rows, "softmax_xent": _case_softmax_xent, "optimizers": _case_optimizers,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cpu_matches_twin(case):
+    p = _Pair(_cpu())
+    p.check(**CASES[case](p))
+
+
+def test_cpu_twin_cases_cover_table():
+    """Every table function but the buffer transfers has a numeric case above."""
+    import re
+    src = inspect.getsource(inspect.getmodule(test_cpu_matches_twin))
+    called = set(re.findall(r'p\.call\("(\w+)"', src)) | set(re.findall(r'"(\w+)"', src))
+    missing = [n for n in TABLE if n not in called and n not in ("to_numpy", "from_numpy")]
+    assert not missing, f"no CPU-vs-twin case for {missing}"
+
+
+def test_cpu_and_twin_reject_the_same_bad_calls():
+    cpu = _cpu()
+    p = _Pair(cpu)
+    full, row, out = p.buf(_rand(12)), p.buf(_rand(4)), p.buf(np.zeros(12))
+    for args in [("add", full, row, 1, out, 4, False), ("add", full, row, 0, out, 5, False),
+                 ("pow", full, row, 0, out, 4, False), ("add", full, row, 0, out, 0, False)]:
+        for side in (0, 1):
+            with pytest.raises((ValueError, IndexError)):
+                (twin if side == 0 else cpu).ewise_rows(*[a[side] if isinstance(a, tuple) else a for a in args])
+    a, o = p.buf(_rand(10)), p.buf(np.zeros(3))
+    for args in [(a, o, 3, 4, 1), (a, o, 1, 0, 3), (a, o, 1, 4, 3)]:
+        for side in (0, 1):
+            with pytest.raises(ValueError):
+                (twin if side == 0 else cpu).reduce_sum_middle(*[x[side] if isinstance(x, tuple) else x for x in args])

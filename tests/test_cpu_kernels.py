@@ -296,3 +296,75 @@ def test_large_buffers_are_reused_safely():
     b = cpu.Array(n)
     cpu.fill(b, 9.0)
     assert np.all(from_dev(b, (n,)) == 9.0)
+
+
+# ---- exp, log, tanh: vectorised paths against float64 numpy ---------------------
+# Bound: at most MAX_ULP units in the last place of the correctly rounded float32
+# result (float64 numpy rounded), over wide random ranges, random bit patterns (every
+# exponent, denormals, inf, NaN) and the special values, which must match exactly.
+MAX_ULP = 2.0
+MATH = {"exp": np.exp, "log": np.log, "tanh": np.tanh}
+
+
+def _math_inputs(op):
+    rng = np.random.default_rng(11)
+    bits = rng.integers(0, 2**32, size=200_003, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    wide = {"exp": rng.uniform(-110, 95, 100_001), "log": np.abs(bits),
+            "tanh": rng.uniform(-12, 12, 100_001)}[op].astype(np.float32)
+    near = rng.uniform(-1, 1, 50_001).astype(np.float32)
+    if op == "log":
+        near = (near + 1.5).astype(np.float32)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 1e-45, -1e-45, 1e-40, 1.17549435e-38,
+                        3.4028235e38, -3.4028235e38, 88.72283935546875, 88.72283172607422, -87.33654, -103.97208,
+                        -103.97209, -104.0, 0.625, -0.625, 0.62499994, 9.0, -9.0, 44.0, 0.5, 2.0], np.float32)
+    return np.concatenate([special, wide, near, bits])
+
+
+def ulps(got, x, op):
+    with np.errstate(all="ignore"):
+        want64 = MATH[op](x.astype(np.float64))
+        want = want64.astype(np.float32)
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    # Non-finite results (inf, NaN) and zeros must match exactly, signs included.
+    exact = ~np.isfinite(want) | ~np.isfinite(got) | (want == 0)
+    assert same[exact].all() and (np.signbit(got[exact & same & ~np.isnan(got)])
+                                  == np.signbit(want[exact & same & ~np.isnan(got)])).all(), \
+        f"{op}: special values differ at x = {x[exact & ~same][:8]}: {got[exact & ~same][:8]} vs {want[exact & ~same][:8]}"
+    fin = ~exact
+    spacing = np.maximum(np.spacing(np.abs(want[fin])), np.float32(2.0**-149)).astype(np.float64)
+    return np.abs(got[fin].astype(np.float64) - want64[fin]) / spacing
+
+
+@pytest.mark.parametrize("op", sorted(MATH))
+def test_transcendentals_within_ulp_bound(op, threads):
+    x = _math_inputs(op)
+    got = from_dev(_math(op, x), x.shape)
+    err = ulps(got, x, op)
+    assert err.max() <= MAX_ULP, f"{op}: {err.max():.2f} ulp at x = {x[~np.isnan(x)][np.argmax(err)]}"
+    # tanh is odd and exp(-0) = 1: signs of zeros and saturation are exact
+    if op == "tanh":
+        big = from_dev(_math(op, np.array([-30, 30, -np.inf, np.inf, -0.0], np.float32)), (5,))
+        assert list(big[:4]) == [-1, 1, -1, 1] and np.signbit(big[4])
+
+
+@pytest.mark.parametrize("op", sorted(MATH))
+@pytest.mark.parametrize("n", [1, 7, 15, 16, 17, 33, 1000])
+def test_transcendentals_independent_of_position(op, n):
+    """The ragged tail goes through the same code: element i's result does not depend on n."""
+    x = np.linspace(0.01, 5, 1000).astype(np.float32)
+    full = from_dev(_math(op, x), x.shape)
+    np.testing.assert_array_equal(from_dev(_math(op, x[:n]), (n,)), full[:n])
+
+
+@pytest.mark.parametrize("op", sorted(MATH))
+def test_transcendental_reference_is_libm(op):
+    x = _math_inputs(op)[:50_000]
+    ref = cpu.Array(x.size)
+    cpu.ewise_math_reference(op, to_dev(x), ref)
+    assert ulps(from_dev(ref, x.shape), x, op).max() <= MAX_ULP
+
+
+def _math(op, x):
+    out = cpu.Array(x.size)
+    getattr(cpu, f"ewise_{op}")(to_dev(x), out)
+    return out

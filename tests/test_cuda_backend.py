@@ -419,3 +419,35 @@ def test_bmm_grid_limits(kernel_selector, kernel):
     out2 = M.Array(m2 * p)
     M.matmul(to_dev(x2), to_dev(y), out2, m2, n, p)
     check_close(to_host(out2, (m2, p)), x2.astype(np.float64) @ y, n)
+
+
+def _twin(x):
+    a = R.Array(x.size)
+    R.from_numpy(np.ascontiguousarray(x, np.float32).reshape(-1), a)
+    return a
+
+
+@needs_gpu
+@pytest.mark.parametrize("outer,reduce,inner", [(1, 1, 1), (3, 5, 7), (2, 130, 3), (1, 5000, 3), (1, 300, 257),
+                                                (4, 64, 1), (1, 1 << 17, 32)])
+def test_reduce_sum_middle_matches_twin(outer, reduce, inner):
+    x = np.random.default_rng(3).standard_normal(outer * reduce * inner).astype(np.float32)
+    out, ref = M.Array(outer * inner), R.Array(outer * inner)
+    M.reduce_sum_middle(to_dev(x), out, outer, reduce, inner)
+    R.reduce_sum_middle(_twin(x), ref, outer, reduce, inner)
+    # The GPU splits long middle axes into chunks, so the order of additions differs.
+    np.testing.assert_allclose(to_host(out, (outer * inner,)), ref.array, rtol=1e-4, atol=1e-4 * np.sqrt(reduce))
+
+
+@needs_gpu
+@pytest.mark.parametrize("op", ["add", "mul", "div"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_ewise_rows_matches_twin(op, swap):
+    rng = np.random.default_rng(4)
+    full, row = rng.standard_normal(6 * 7).astype(np.float32), rng.uniform(0.5, 2, 20).astype(np.float32)
+    out, ref = M.Array(42), R.Array(42)
+    M.ewise_rows(op, to_dev(full), to_dev(row), 3, out, 7, swap)
+    R.ewise_rows(op, _twin(full), _twin(row), 3, ref, 7, swap)
+    np.testing.assert_array_equal(to_host(out, (42,)), ref.array)
+    with pytest.raises(ValueError):
+        M.ewise_rows(op, to_dev(full), to_dev(row), 14, out, 7, swap)

@@ -150,6 +150,25 @@ def ewise_tanh(a, out):
     out.array[:] = np.tanh(a.array)
 
 
+_ROW_FUNCS = {"add": np.add, "mul": np.multiply, "div": np.divide}
+
+
+def ewise_rows(op, full, row, row_offset, out, cols, swap):
+    """A row broadcast over rows without materialising it: full is (rows, cols) compact,
+    row is the (cols,) run at row.array[row_offset:row_offset + cols]; out (rows, cols)
+    compact gets op(full, row), or op(row, full) when swap. op is "add", "mul" or "div"."""
+    if op not in _ROW_FUNCS:
+        raise ValueError(f"ewise_rows: unknown op {op}")
+    if full.size != out.size:
+        raise ValueError(f"ewise_rows: input has {full.size} elements, out has {out.size}")
+    if cols < 1 or full.size % cols or row_offset < 0 or row_offset + cols > row.size:
+        raise ValueError(f"ewise_rows: bad row broadcast (cols {cols})")
+    x = full.array.reshape(-1, cols)
+    y = row.array[row_offset : row_offset + cols]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out.array.reshape(-1, cols)[...] = _ROW_FUNCS[op](y, x) if swap else _ROW_FUNCS[op](x, y)
+
+
 def matmul(a, b, out, m, n, p):
     """a is (m, n) compact, b is (n, p) compact, out is (m, p) compact."""
     out.array[: m * p] = (a.array[: m * n].reshape(m, n) @ b.array[: n * p].reshape(n, p)).reshape(-1)
@@ -181,6 +200,25 @@ def reduce_max(a, out, reduce_size):
 def reduce_sum(a, out, reduce_size):
     n = out.size
     out.array[:] = a.array[: n * reduce_size].reshape(n, reduce_size).sum(axis=1)
+
+
+def reduce_sum_middle(a, out, outer, reduce, inner):
+    """a is (outer, reduce, inner) compact; out (outer, inner) compact gets the sum over
+    the middle axis (bias and BatchNorm gradients without a transposed copy). Summed in
+    float32 in blocks of 64 rows like the compiled kernels, so results agree closely."""
+    if outer < 0 or reduce < 1 or inner < 1:
+        raise ValueError("reduce_sum_middle: bad sizes")
+    if a.size < outer * reduce * inner or out.size < outer * inner:
+        raise ValueError("reduce_sum_middle: arrays are smaller than (outer, reduce, inner)")
+    x = a.array[: outer * reduce * inner].reshape(outer, reduce, inner)
+    blocks = -(-reduce // 64)
+    if blocks * 64 != reduce:  # zero rows pad the last block; adding them changes no sum
+        x = np.concatenate([x, np.zeros((outer, blocks * 64 - reduce, inner), dtype=_DTYPE)], axis=1)
+    # accumulate adds in order (sum may go pairwise), as the loops of the compiled
+    # kernels do; "+ 0" makes -0 sums +0 like their zero-started accumulators.
+    block = np.add.accumulate(x.reshape(outer, blocks, 64, inner), axis=2, dtype=_DTYPE)[:, :, -1] + _DTYPE(0)
+    total = np.add.accumulate(block, axis=1, dtype=_DTYPE)[:, -1] + _DTYPE(0)
+    out.array[: outer * inner] = total.reshape(-1)
 
 
 def _rows(fn, idx, num_rows):
