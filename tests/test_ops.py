@@ -131,6 +131,23 @@ OPS = {
     "matmul_broadcast_batch": (ndl.matmul, np.matmul, lambda: [_rn(2, 1, 3, 4), _rn(5, 4, 2)]),
     "matmul_vector": (ndl.matmul, np.matmul, lambda: [_rn(4), _rn(4, 3)]),
     "matmul_transposed": (lambda a, b: ndl.transpose(a) @ b, lambda a, b: a.T @ b, lambda: [_rn(4, 5), _rn(4, 3)]),
+    "matmul_trans_b": (lambda a, b: ndl.ops.MatMul(False, True)(a, b), lambda a, b: a @ b.T, lambda: [_rn(5, 4), _rn(3, 4)]),
+    "matmul_trans_a": (lambda a, b: ndl.ops.MatMul(True, False)(a, b), lambda a, b: a.T @ b, lambda: [_rn(4, 5), _rn(4, 3)]),
+    "matmul_trans_both_batched": (
+        lambda a, b: ndl.ops.MatMul(True, True)(a, b),
+        lambda a, b: np.swapaxes(a, -1, -2) @ np.swapaxes(b, -1, -2),
+        lambda: [_rn(2, 4, 5), _rn(3, 4)],
+    ),
+    # Fused adjoints and the one-node broadcast/sum adjoints: their own gradients are the
+    # second derivatives of tanh, sigmoid, broadcast_to and summation.
+    "tanh_grad": (lambda g, y: ndl.ops.TanhGrad()(g, y), lambda g, y: g * (1 - y * y), lambda: [_rn(3, 4), _rn(3, 4) * 0.5]),
+    "sigmoid_grad": (
+        lambda g, s: ndl.ops.SigmoidGrad()(g, s), lambda g, s: g * s * (1 - s), lambda: [_rn(3, 4), _pos(3, 4) - 0.5]
+    ),
+    "sum_to_shape": (lambda a: ndl.ops.SumToShape((3, 1))(a), lambda a: a.sum(0).sum(-1, keepdims=True), lambda: [_rn(2, 3, 4)]),
+    "broadcast_axes": (
+        lambda a: ndl.ops.BroadcastAxes((3, 2, 4), (1,))(a), lambda a: np.broadcast_to(a[:, None], (3, 2, 4)), lambda: [_rn(3, 4)]
+    ),
     "logsumexp_axes": (lambda a: ndl.logsumexp(a, (1,)), lambda a: _np_logsumexp(a, (1,)), lambda: [_rn(3, 4)]),
     "logsumexp_all": (ndl.logsumexp, lambda a: _np_logsumexp(a, None), lambda: [_rn(3, 4)]),
     "logsumexp_two_axes": (lambda a: ndl.logsumexp(a, (0, 2)), lambda a: _np_logsumexp(a, (0, 2)), lambda: [_rn(2, 3, 4)]),

@@ -15,8 +15,6 @@ detached ``.grad``: it would otherwise refer back to the node through its own
 graph, a reference cycle that keeps activations alive until the cyclic GC runs.
 """
 import contextlib
-import operator
-from functools import reduce
 from typing import List, Optional
 
 import numpy
@@ -165,28 +163,29 @@ class Value:
             value = cls.__new__(cls)
             value._init(op, inputs)
             return value
-        # Eager: one pass over the inputs checks them, collects their arrays and
-        # whether the result needs a gradient.
+        # Eager: one pass over the inputs collects their arrays and whether the
+        # result needs a gradient; bad inputs are diagnosed by _check_inputs.
         global TENSOR_COUNTER
         datas = []
         requires_grad = False
-        device = None
-        for x in inputs:
-            if not isinstance(x, Value):
-                _check_inputs(op, inputs)
-            data = x.cached_data
-            if data is None:
-                data = x.realize_cached_data()
-            datas.append(data)
-            if x.requires_grad:
-                requires_grad = True
-            if _ND and type(data) is not tuple:
-                if device is None:
-                    device = data._device
-                elif data._device is not device and data._device != device:
+        try:
+            for x in inputs:
+                data = x.cached_data
+                if data is None:
+                    data = x.realize_cached_data()
+                datas.append(data)
+                if x.requires_grad:
+                    requires_grad = True
+        except AttributeError:
+            _check_inputs(op, inputs)
+            raise
+        if _ND and len(datas) > 1:
+            device = datas[0]._device if type(datas[0]) is not tuple else None
+            for data in datas:
+                if type(data) is not tuple and data._device is not device:
                     _check_inputs(op, inputs)
         data = op.compute(*datas)
-        if array_api is numpy and not isinstance(data, (numpy.ndarray, tuple)):
+        if not _ND and not isinstance(data, (numpy.ndarray, tuple)):
             data = numpy.asarray(data)  # numpy turns 0-d results into scalars
         value = cls.__new__(cls)
         TENSOR_COUNTER += 1
@@ -202,6 +201,19 @@ class Value:
             value.inputs = []
             value.requires_grad = False
         return value
+
+
+def _const_of(cls, data):
+    """A new leaf of class ``cls`` holding ``data``, no graph (detach without the checks)."""
+    global TENSOR_COUNTER
+    value = cls.__new__(cls)
+    TENSOR_COUNTER += 1
+    value.op = None
+    value.inputs = []
+    value.num_outputs = 1
+    value.cached_data = data
+    value.requires_grad = False
+    return value
 
 
 class TensorTuple(Value):
@@ -233,7 +245,7 @@ class TensorTuple(Value):
         return needle.ops.make_tuple(*[self[i] + other[i] for i in range(len(self))])
 
     def detach(self):
-        return TensorTuple.make_const(self.realize_cached_data())
+        return _const_of(TensorTuple, self.realize_cached_data())
 
 
 class Tensor(Value):
@@ -278,11 +290,14 @@ class Tensor(Value):
 
     def detach(self):
         """A new leaf sharing this tensor's data, with no graph."""
-        return Tensor.make_const(self.realize_cached_data())
+        return _const_of(Tensor, self.realize_cached_data())
 
     @property
     def shape(self):
-        return tuple(self.realize_cached_data().shape)
+        data = self.cached_data
+        if data is None:
+            data = self.realize_cached_data()
+        return data.shape  # a tuple for NDArray and numpy alike
 
     @property
     def ndim(self):
@@ -412,9 +427,9 @@ def compute_gradient_of_variables(output_tensor, out_grad):
     make_tuple, not T tuples of T - 1 zeros each.
     """
     get_item_op = needle.ops.TupleGetItem
-    node_to_output_grads_list = {output_tensor: [out_grad]}
+    grads = {output_tensor: [out_grad]}
     for node in reversed(find_topo_sort([output_tensor])):
-        partials = node_to_output_grads_list.pop(node, None)
+        partials = grads.pop(node, None)
         if partials is None:
             continue  # a node that needs no gradient
         grad = partials[0] if len(partials) == 1 and type(partials[0]) is not _Slot else _sum_partials(node, partials)
@@ -428,20 +443,28 @@ def compute_gradient_of_variables(output_tensor, out_grad):
                     grad.cached_data = data.compact()
             node.grad = grad
             continue
-        node.grad = grad.detach()
+        # A detached view of the adjoint (shared data, no graph): see the module docstring.
+        node.grad = _const_of(type(grad), grad.cached_data if grad.cached_data is not None else grad.realize_cached_data())
         if type(op) is get_item_op:
             inp = node.inputs[0]
             if inp.requires_grad:
-                node_to_output_grads_list.setdefault(inp, []).append(_Slot(op.index, grad))
+                grads.setdefault(inp, []).append(_Slot(op.index, grad))
             continue
-        for i, (inp, g) in enumerate(zip(node.inputs, op.gradient_as_tuple(grad, node))):
+        in_grads = op.gradient(grad, node)
+        if type(in_grads) is not tuple:
+            in_grads = tuple(in_grads) if isinstance(in_grads, list) else (in_grads,)
+        for i, (inp, g) in enumerate(zip(node.inputs, in_grads)):
             if not inp.requires_grad:
                 continue
-            if isinstance(inp, Tensor) and g.shape != inp.shape:
+            if type(inp) is not TensorTuple and g.shape != inp.shape:
                 raise RuntimeError(
                     f"{type(op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
                 )
-            node_to_output_grads_list.setdefault(inp, []).append(g)
+            partial = grads.get(inp)
+            if partial is None:
+                grads[inp] = [g]
+            else:
+                partial.append(g)
 
 
 class _Slot:
@@ -503,7 +526,10 @@ def topo_sort_dfs(node, visited, topo_order):
 
 def sum_node_list(node_list):
     """Sum a list of adjoints (Tensors or TensorTuples) with needle ops."""
-    return reduce(operator.add, node_list)
+    total = node_list[0]
+    for g in node_list[1:]:
+        total = total + g
+    return total
 
 
 # gradcheck lives in its own module (it is a tool, not part of the graph) but is

@@ -116,6 +116,49 @@ def _row_cols(shape, strides):
     return cols
 
 
+@lru_cache(maxsize=4096)
+def _sum_middle_plan(shape, strides, axes, keepdims):
+    """(outer, reduce, inner, out_shape, out_strides) of a sum over ``axes`` of a dense
+    view that are one block in memory order, not the innermost; else None."""
+    order = [ax for ax in _dense_order(shape, strides) if shape[ax] != 1]
+    flags = [ax in axes for ax in order]
+    if True not in flags:
+        return None
+    first = flags.index(True)
+    last = len(flags) - 1 - flags[::-1].index(True)
+    if not all(flags[first : last + 1]) or last == len(flags) - 1:
+        return None  # not one block, or the innermost axis is reduced (reduce_sum's case)
+    outer = math.prod(shape[ax] for ax in order[:first])
+    reduce = math.prod(shape[ax] for ax in order[first : last + 1])
+    inner = math.prod(shape[ax] for ax in order[last + 1 :])
+    # Kept axes lie in memory order in the buffer; give each its stride there.
+    kept_mem = order[:first] + order[last + 1 :]
+    stride_of, stride = {}, 1
+    for ax in reversed(kept_mem):
+        stride_of[ax] = stride
+        stride *= shape[ax]
+    if keepdims:
+        out_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    else:
+        out_shape = tuple(n for i, n in enumerate(shape) if i not in axes)
+    kept = [i for i in range(len(shape)) if (keepdims or i not in axes)]
+    out_strides = tuple(stride_of.get(i, 0) for i in kept)
+    if all(shape[i] == 1 or i in axes for i in kept if i not in stride_of) and [
+        i for i in kept if i in stride_of
+    ] == kept_mem:
+        out_strides = _compact_strides(out_shape)  # kept axes already in logical order
+    return outer, reduce, inner, out_shape, out_strides
+
+
+@lru_cache(maxsize=4096)
+def _perm_axes(axes, ndim):
+    """``axes`` as non-negative ints if they permute range(ndim), else None."""
+    if not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) and -ndim <= a < ndim for a in axes):
+        return None
+    out = tuple(int(a) % ndim for a in axes)
+    return out if sorted(out) == list(range(ndim)) else None
+
+
 def _in_layout(a, strides):
     """The handle of a dense copy of ``a`` laid out with the dense ``strides`` (a itself if it is)."""
     if a._strides == strides and not a._offset and a._handle.size == math.prod(a._shape):
@@ -154,6 +197,21 @@ def _broadcast_shapes(*shapes):
             raise ValueError("shapes " + " and ".join(str(s) for s in shapes) + " cannot be broadcast together")
         result.append(dims.pop() if dims else 1)
     return tuple(result)
+
+
+@lru_cache(maxsize=256)
+def _gt_threshold(other):
+    """t such that float32 x > other  <=>  x >= t: the next float32 above ``other``.
+
+    One kernel instead of three. +inf has no next float and NaN compares false:
+    x >= NaN is 0 for every x.
+    """
+    if abs(other) > 3.4e38:
+        with np.errstate(over="ignore"):
+            c = np.float32(other)
+    else:
+        c = np.float32(other)
+    return float("nan") if np.isnan(c) or c == np.inf else float(np.nextafter(c, np.float32(np.inf)))
 
 
 def _is_scalar(x):
@@ -282,9 +340,9 @@ class NDArray:
         return out
 
     def copy(self):
-        out = NDArray.make(self.shape, device=self.device)
-        if out.size:
-            self.device.compact(self._handle, out._handle, list(self.shape), list(self.strides), self._offset)
+        out = _alloc(self._shape, self._device)
+        if out._handle.size:
+            self._device.compact(self._handle, out._handle, list(self._shape), list(self._strides), self._offset)
         return out
 
     def as_strided(self, shape, strides):
@@ -309,34 +367,37 @@ class NDArray:
 
     def reshape(self, new_shape):
         """A view when compact; a non-compact array is compacted first (like numpy)."""
-        if isinstance(new_shape, (int, np.integer)):
-            new_shape = (new_shape,)
-        new_shape = tuple(new_shape)
-        if _sum(1 for s in new_shape if s == -1) > 1:
-            raise ValueError(f"reshape: can only infer one dimension, got {new_shape}")
+        if type(new_shape) is not tuple:
+            new_shape = (new_shape,) if isinstance(new_shape, (int, np.integer)) else tuple(new_shape)
+        size = math.prod(self._shape)
         if -1 in new_shape:
+            if _sum(1 for s in new_shape if s == -1) > 1:
+                raise ValueError(f"reshape: can only infer one dimension, got {new_shape}")
             known = prod(s for s in new_shape if s != -1)
-            if known == 0 or self.size % known:
+            if known == 0 or size % known:
                 raise ValueError(f"reshape: cannot reshape array of shape {self.shape} into {new_shape}")
-            new_shape = tuple(self.size // known if s == -1 else s for s in new_shape)
-        if new_shape == self._shape and self.is_compact():
-            return _new(self._shape, self._strides, self._device, self._handle, self._offset)
+            new_shape = tuple(size // known if s == -1 else s for s in new_shape)
         new_shape = _shape_tuple(new_shape)
-        if prod(new_shape) != self.size:
-            raise ValueError(f"reshape: cannot reshape array of shape {self.shape} (size {self.size}) into {new_shape}")
-        base = self.compact()
+        if math.prod(new_shape) != size:
+            raise ValueError(f"reshape: cannot reshape array of shape {self.shape} (size {size}) into {new_shape}")
+        if self._strides == _compact_strides(self._shape) and self._handle.size == size:
+            base = self  # compact (any offset): a view
+        else:
+            base = self.compact()
         return _new(new_shape, _compact_strides(new_shape), self._device, base._handle, base._offset)
 
     def permute(self, new_axes):
         new_axes = tuple(new_axes)
-        if not all(isinstance(a, (int, np.integer)) and -self.ndim <= a < self.ndim for a in new_axes) or sorted(
-            int(a) % self.ndim for a in new_axes
-        ) != list(range(self.ndim)):
+        try:
+            axes = _perm_axes(new_axes, len(self._shape))
+        except TypeError:  # unhashable entries
+            axes = None
+        if axes is None:
             raise ValueError(f"permute: {new_axes} is not a permutation of the axes of an array of shape {self.shape}")
-        new_axes = tuple(int(a) % self.ndim for a in new_axes)
+        shape, strides = self._shape, self._strides
         return _new(
-            tuple(self._shape[a] for a in new_axes),
-            tuple(self._strides[a] for a in new_axes),
+            tuple([shape[a] for a in axes]),
+            tuple([strides[a] for a in axes]),
             self._device,
             self._handle,
             self._offset,
@@ -412,6 +473,19 @@ class NDArray:
         offset = self._offset + _sum(st * s.start for st, s in zip(self.strides, idxs))
         return _new(shape, strides, self._device, self._handle, offset)
 
+    def split_copies(self, axis):
+        """Compact copies of ``self[..., i, ...]`` along ``axis`` with that axis removed."""
+        shape, strides = self._shape, self._strides
+        if not 0 <= axis < len(shape):
+            raise ValueError(f"split: axis {axis} out of range for shape {shape}")
+        part_shape = shape[:axis] + shape[axis + 1:]
+        part_strides = strides[:axis] + strides[axis + 1:]
+        step = strides[axis]
+        return [
+            _new(part_shape, part_strides, self._device, self._handle, self._offset + i * step).copy()
+            for i in range(shape[axis])
+        ]
+
     def __setitem__(self, idxs, other):
         """In-place write through the view ``self[idxs]``: an array or a scalar."""
         view = self[idxs]
@@ -431,10 +505,10 @@ class NDArray:
                 src = other.compact()
                 if src._handle is self._handle:
                     src = other.copy()
-                self.device.ewise_setitem(src._handle, view._handle, list(view.shape), list(view.strides), view._offset)
+                self._device.ewise_setitem(src._handle, view._handle, list(view.shape), list(view.strides), view._offset)
         elif _is_scalar(other):
             if view.size:
-                self.device.scalar_setitem(
+                self._device.scalar_setitem(
                     view.size, float(other), view._handle, list(view.shape), list(view.strides), view._offset
                 )
         else:
@@ -452,16 +526,29 @@ class NDArray:
         element once, e.g. an NCHW view of an NHWC buffer) is not compacted: the
         result gets its strides, and the other operand is copied into that layout."""
         shape = self._shape
+        device = self._device
         is_array = isinstance(other, NDArray)
-        if is_array:
-            if other._shape != shape or other._device != self._device:
-                self._check_same(other, what)
-        elif not _is_scalar(other):
-            raise TypeError(f"{what}: operand must be an NDArray or a number, got {type(other).__name__}")
         size = math.prod(shape)
+        if is_array:
+            if other._shape != shape or other._device is not device:
+                self._check_same(other, what)
+            if size:
+                compact = _compact_strides(shape)
+                if (self._strides == compact and other._strides == compact and not self._offset
+                        and not other._offset and self._handle.size == size and other._handle.size == size):
+                    # Both operands compact: the common case, no layout work.
+                    handle = device.Array(size)
+                    ewise_func(self._handle, other._handle, handle)
+                    return _new(shape, compact, device, handle, 0)
+        elif type(other) is not float and type(other) is not int and not _is_scalar(other):
+            raise TypeError(f"{what}: operand must be an NDArray or a number, got {type(other).__name__}")
+        elif size and not self._offset and self._handle.size == size and self._strides == _compact_strides(shape):
+            handle = device.Array(size)
+            scalar_func(self._handle, float(other), handle)
+            return _new(shape, self._strides, device, handle, 0)
         if size == 0:
-            return _alloc(shape, self._device)
-        if is_array and what in _ROW_OPS and _has(self._device, "ewise_rows"):
+            return _alloc(shape, device)
+        if is_array and what in _ROW_OPS and _has(device, "ewise_rows"):
             out = self._ewise_rows(other, _ROW_OPS[what], size)
             if out is not None:
                 return out
@@ -470,12 +557,12 @@ class NDArray:
             strides = _dense_strides(other, size)
         if strides is None:
             strides = _compact_strides(shape)
-        handle = self._device.Array(size)
+        handle = device.Array(size)
         if is_array:
             ewise_func(_in_layout(self, strides), _in_layout(other, strides), handle)
         else:
             scalar_func(_in_layout(self, strides), float(other), handle)
-        return _new(shape, strides, self._device, handle, 0)
+        return _new(shape, strides, device, handle, 0)
 
     def _ewise_rows(self, other, op, size):
         """f(full, row) when one operand is compact and the other is a row of its trailing
@@ -493,7 +580,7 @@ class NDArray:
         return None
 
     def __add__(self, other):
-        return self.ewise_or_scalar(other, self.device.ewise_add, self.device.scalar_add, "add")
+        return self.ewise_or_scalar(other, self._device.ewise_add, self._device.scalar_add, "add")
 
     __radd__ = __add__
 
@@ -504,12 +591,12 @@ class NDArray:
         return other + (-self)
 
     def __mul__(self, other):
-        return self.ewise_or_scalar(other, self.device.ewise_mul, self.device.scalar_mul, "multiply")
+        return self.ewise_or_scalar(other, self._device.ewise_mul, self._device.scalar_mul, "multiply")
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
-        return self.ewise_or_scalar(other, self.device.ewise_div, self.device.scalar_div, "divide")
+        return self.ewise_or_scalar(other, self._device.ewise_div, self._device.scalar_div, "divide")
 
     def __rtruediv__(self, other):
         if not _is_scalar(other):
@@ -520,32 +607,24 @@ class NDArray:
         return self * (-1.0)
 
     def __pow__(self, other):
-        return self.ewise_or_scalar(other, self.device.ewise_power, self.device.scalar_power, "power")
+        return self.ewise_or_scalar(other, self._device.ewise_power, self._device.scalar_power, "power")
 
     def maximum(self, other):
-        return self.ewise_or_scalar(other, self.device.ewise_maximum, self.device.scalar_maximum, "maximum")
+        return self.ewise_or_scalar(other, self._device.ewise_maximum, self._device.scalar_maximum, "maximum")
 
     # Comparisons return float32 0.0 / 1.0 arrays.
     def __eq__(self, other):
-        return self.ewise_or_scalar(other, self.device.ewise_eq, self.device.scalar_eq, "eq")
+        return self.ewise_or_scalar(other, self._device.ewise_eq, self._device.scalar_eq, "eq")
 
     def __ge__(self, other):
-        return self.ewise_or_scalar(other, self.device.ewise_ge, self.device.scalar_ge, "ge")
+        return self.ewise_or_scalar(other, self._device.ewise_ge, self._device.scalar_ge, "ge")
 
     def __ne__(self, other):
         return 1 - (self == other)
 
     def __gt__(self, other):
         if _is_scalar(other):
-            # float32 x > c  <=>  x >= the next float32 above c: one kernel instead of three.
-            # c = +inf has no next float and NaN compares false: x >= NaN is 0 for every x.
-            if abs(other) > 3.4e38:
-                with np.errstate(over="ignore"):
-                    c = np.float32(other)
-            else:
-                c = np.float32(other)
-            t = float("nan") if np.isnan(c) or c == np.inf else float(np.nextafter(c, np.float32(np.inf)))
-            return self.ewise_or_scalar(t, None, self.device.scalar_ge, "gt")
+            return self.ewise_or_scalar(_gt_threshold(float(other)), None, self._device.scalar_ge, "gt")
         return (self >= other) * (self != other)
 
     def __lt__(self, other):
@@ -566,13 +645,13 @@ class NDArray:
         return _new(self._shape, strides, self._device, handle, 0)
 
     def log(self):
-        return self._unary(self.device.ewise_log)
+        return self._unary(self._device.ewise_log)
 
     def exp(self):
-        return self._unary(self.device.ewise_exp)
+        return self._unary(self._device.ewise_exp)
 
     def tanh(self):
-        return self._unary(self.device.ewise_tanh)
+        return self._unary(self._device.ewise_tanh)
 
     # ---- matrix multiplication -------------------------------------------
     def __matmul__(self, other):
@@ -709,38 +788,15 @@ class NDArray:
         """Sum over axes that are one contiguous block in memory order (leading axes of a
         compact array, N, H, W of an NCHW view of NHWC, ...) without a transposed copy.
         None when the axes are not such a block or the array does not cover its buffer."""
-        shape, size = self._shape, math.prod(self._shape)
+        size = math.prod(self._shape)
         if not size or _dense_strides(self, size) is None:
             return None
-        order = [ax for ax in _dense_order(shape, self._strides) if shape[ax] != 1]
-        flags = [ax in axes for ax in order]
-        if True not in flags:
+        plan = _sum_middle_plan(self._shape, self._strides, axes, keepdims)
+        if plan is None:
             return None
-        first = flags.index(True)
-        last = len(flags) - 1 - flags[::-1].index(True)
-        if not all(flags[first : last + 1]) or last == len(flags) - 1:
-            return None  # not one block, or the innermost axis is reduced (reduce_sum's case)
-        outer = math.prod(shape[ax] for ax in order[:first])
-        reduce = math.prod(shape[ax] for ax in order[first : last + 1])
-        inner = math.prod(shape[ax] for ax in order[last + 1 :])
+        outer, reduce, inner, out_shape, strides = plan
         handle = self._device.Array(outer * inner)
         self._device.reduce_sum_middle(self._handle, handle, outer, reduce, inner)
-        # Kept axes lie in memory order in the buffer; give each its stride there.
-        kept_mem = order[:first] + order[last + 1 :]
-        stride_of, stride = {}, 1
-        for ax in reversed(kept_mem):
-            stride_of[ax] = stride
-            stride *= shape[ax]
-        if keepdims:
-            out_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
-        else:
-            out_shape = tuple(n for i, n in enumerate(shape) if i not in axes)
-        kept = [i for i in range(len(shape)) if (keepdims or i not in axes)]
-        strides = tuple(stride_of.get(i, 0) for i in kept)
-        if all(shape[i] == 1 or i in axes for i in kept if i not in stride_of) and [
-            i for i in kept if i in stride_of
-        ] == kept_mem:
-            strides = _compact_strides(out_shape)  # kept axes already in logical order
         return _new(out_shape, strides, self._device, handle, 0)
 
     def sum(self, axis=None, keepdims=False):
@@ -867,6 +923,11 @@ def stack(arrays, axis=0):
         raise ValueError(f"stack: axis {axis} out of range for {len(shape) + 1}-d result")
     axis %= len(shape) + 1
     out = empty(shape[:axis] + (len(arrays),) + shape[axis:], device=device)
+    if not out.size:
+        return out
+    # Write each array straight into its slab (the view out[..., i, ...] without index parsing).
+    strides = out._strides
+    part_strides = list(strides[:axis] + strides[axis + 1:])
     for i, a in enumerate(arrays):
-        out[(slice(None),) * axis + (i,)] = a
+        device.ewise_setitem(a.compact()._handle, out._handle, list(shape), part_strides, i * strides[axis])
     return out

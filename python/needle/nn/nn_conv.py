@@ -22,11 +22,11 @@ def _first(value, name, owner):
 
 
 def _nchw_to_nhwc(x):
-    return x.transpose((1, 2)).transpose((2, 3))
+    return ops.permute(x, (0, 2, 3, 1))
 
 
 def _nhwc_to_nchw(x):
-    return x.transpose((2, 3)).transpose((1, 2))
+    return ops.permute(x, (0, 3, 1, 2))
 
 
 def _wrap_matrix(n, pad, device, dtype):

@@ -5,6 +5,7 @@ with needle ops (so adjoints are differentiable), and a lowercase helper.
 Elementwise ops never broadcast implicitly: shapes must match exactly
 (use ``broadcast_to``), otherwise a ValueError names the op and the shapes.
 """
+import math
 from numbers import Number
 
 import numpy
@@ -89,7 +90,9 @@ class EWiseMul(TensorOp):
 
     def gradient(self, out_grad, node):
         lhs, rhs = node.inputs
-        return out_grad * rhs, out_grad * lhs
+        # An input that needs no gradient (a mask, a constant) gets None: no wasted product.
+        return (out_grad * rhs if lhs.requires_grad else None,
+                out_grad * lhs if rhs.requires_grad else None)
 
 
 def multiply(a, b):
@@ -153,7 +156,8 @@ class EWiseDiv(TensorOp):
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
-        return out_grad / b, -out_grad * a / (b * b)
+        return (out_grad / b if a.requires_grad else None,
+                -out_grad * a / (b * b) if b.requires_grad else None)
 
 
 def divide(a, b):
@@ -231,11 +235,27 @@ class Tanh(TensorOp):
         return B.tanh(a)
 
     def gradient(self, out_grad, node):
-        return out_grad * (1 - node**2)
+        return TanhGrad()(out_grad, node)
 
 
 def tanh(a):
     return Tanh()(a)
+
+
+class TanhGrad(TensorOp):
+    """g * (1 - y^2) for y = tanh(a): Tanh's adjoint as one node instead of four.
+
+    Differentiable like any op: d/dg = 1 - y^2, d/dy = -2 g y.
+    """
+
+    def compute(self, g, y):
+        _check_same_shape("tanh_grad", g, y)
+        return g - g * y * y
+
+    def gradient(self, out_grad, node):
+        g, y = node.inputs
+        return (TanhGrad()(out_grad, y) if g.requires_grad else None,
+                out_grad * g * y * -2.0 if y.requires_grad else None)
 
 
 class Sigmoid(TensorOp):
@@ -245,11 +265,28 @@ class Sigmoid(TensorOp):
         return B.tanh(a * 0.5) * 0.5 + 0.5
 
     def gradient(self, out_grad, node):
-        return out_grad * node * (1 - node)
+        return SigmoidGrad()(out_grad, node)
 
 
 def sigmoid(a):
     return Sigmoid()(a)
+
+
+class SigmoidGrad(TensorOp):
+    """g * s * (1 - s) for s = sigmoid(a): Sigmoid's adjoint as one node instead of four.
+
+    Differentiable like any op: d/dg = s (1 - s), d/ds = g (1 - 2 s).
+    """
+
+    def compute(self, g, s):
+        _check_same_shape("sigmoid_grad", g, s)
+        gs = g * s
+        return gs - gs * s
+
+    def gradient(self, out_grad, node):
+        g, s = node.inputs
+        return (SigmoidGrad()(out_grad, s) if g.requires_grad else None,
+                out_grad * g * (1 - 2 * s) if s.requires_grad else None)
 
 
 class Maximum(TensorOp):
@@ -325,32 +362,37 @@ class Reshape(TensorOp):
 
     def compute(self, a):
         shape = self.shape
-        size = int(numpy.prod(a.shape))
-        if shape.count(-1) == 1:
-            known = int(numpy.prod([s for s in shape if s != -1]))
+        size = math.prod(a.shape)
+        if -1 in shape and shape.count(-1) == 1:
+            known = math.prod(s for s in shape if s != -1)
             if known and size % known == 0:
                 shape = tuple(size // known if s == -1 else s for s in shape)
-        if any(s < 0 for s in shape) or int(numpy.prod(shape)) != size:
+        if math.prod(shape) != size or min(shape, default=0) < 0:
             raise ValueError(f"reshape: cannot reshape a tensor of shape {tuple(a.shape)} into {self.shape}")
         return a.reshape(shape)
 
     def gradient(self, out_grad, node):
-        return reshape(out_grad, node.inputs[0].shape)
+        return Reshape(node.inputs[0].shape)(out_grad)
 
 
 def reshape(a, shape):
     return Reshape(shape)(a)
 
 
+def _sum_axes(shape, target):
+    """Axes of ``shape`` that broadcasting ``target`` to it added or stretched."""
+    lead = len(shape) - len(target)
+    return tuple(range(lead)) + tuple(
+        lead + i for i, (s, n) in enumerate(zip(target, shape[lead:])) if s == 1 and n != 1
+    )
+
+
 def _sum_to_shape(t, shape):
     """Sum ``t`` over the axes that broadcasting added or stretched to reach ``t.shape`` from ``shape``."""
-    lead = len(t.shape) - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, (s, n) in enumerate(zip(shape, t.shape[lead:])) if s == 1 and n != 1
-    )
-    if axes:
-        t = summation(t, axes)
-    return t if t.shape == tuple(shape) else reshape(t, shape)
+    shape = tuple(shape)
+    if t.shape == shape:
+        return t
+    return SumToShape(shape)(t)
 
 
 class BroadcastTo(TensorOp):
@@ -372,6 +414,43 @@ def broadcast_to(a, shape):
     return BroadcastTo(shape)(a)
 
 
+class SumToShape(TensorOp):
+    """Sum a broadcast result back to the source ``shape`` (summation + reshape in one node):
+    the adjoint of BroadcastTo, whose adjoint in turn is broadcast_to."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def compute(self, a):
+        ashape = tuple(a.shape)
+        lead = len(ashape) - len(self.shape)
+        if lead < 0 or any(s != n and s != 1 for s, n in zip(self.shape, ashape[lead:])):
+            raise ValueError(f"sum_to_shape: shape {ashape} is not a broadcast of {self.shape}")
+        out = B.reduce_sum(a, _sum_axes(ashape, self.shape))
+        return out if tuple(out.shape) == self.shape else out.reshape(self.shape)
+
+    def gradient(self, out_grad, node):
+        return BroadcastTo(node.inputs[0].shape)(out_grad)
+
+
+class BroadcastAxes(TensorOp):
+    """Re-insert the summed-out ``axes`` (size 1) and broadcast to ``shape`` (reshape +
+    broadcast_to in one node): the adjoint of Summation, whose adjoint is summation."""
+
+    def __init__(self, shape, axes):
+        self.shape = tuple(shape)
+        self.axes = tuple(axes)
+
+    def compute(self, a):
+        keep = tuple(1 if i in self.axes else n for i, n in enumerate(self.shape))
+        if math.prod(a.shape) != math.prod(keep):
+            raise ValueError(f"broadcast_axes: shape {tuple(a.shape)} does not fit {self.shape} without axes {self.axes}")
+        return B.broadcast_to(a.reshape(keep), self.shape)
+
+    def gradient(self, out_grad, node):
+        return Summation(self.axes)(out_grad) if self.axes else Reshape(node.inputs[0].shape)(out_grad)
+
+
 # ---- reductions --------------------------------------------------------------
 class Summation(TensorOp):
     """Sum over ``axes`` (None = all, int or tuple); reduced axes are removed (all -> shape ())."""
@@ -384,9 +463,7 @@ class Summation(TensorOp):
 
     def gradient(self, out_grad, node):
         shape = node.inputs[0].shape
-        axes = _norm_axes(self.axes, len(shape), "summation")
-        keep = tuple(1 if i in axes else n for i, n in enumerate(shape))
-        return broadcast_to(reshape(out_grad, keep), shape)
+        return BroadcastAxes(shape, _norm_axes(self.axes, len(shape), "summation"))(out_grad)
 
 
 def summation(a, axes=None):
@@ -425,31 +502,57 @@ def amax(a, axes=None, keepdims=False):
 
 
 # ---- matmul ------------------------------------------------------------------
+def _swap_last(a):
+    """a with its last two axes swapped (a view)."""
+    n = a.ndim
+    return B.permute(a, tuple(range(n - 2)) + (n - 1, n - 2))
+
+
 class MatMul(TensorOp):
     """Batched matmul with numpy broadcasting of the batch dims (both operands >= 2-D).
 
-    dA = out_grad @ B^T and dB = A^T @ out_grad, each summed over the batch
-    dims that broadcasting added to it.
+    ``MatMul(trans_a, trans_b)`` multiplies op(a) @ op(b), op = swap of the last two
+    axes when the flag is set: a transposed operand is a strided view for the kernel,
+    so the adjoints dA = out_grad @ B^T and dB = A^T @ out_grad are one node each,
+    summed over the batch dims that broadcasting added to each input.
     """
 
+    def __init__(self, trans_a=False, trans_b=False):
+        self.trans_a = bool(trans_a)
+        self.trans_b = bool(trans_b)
+
     def compute(self, a, b):
-        if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+        if a.ndim < 2 or b.ndim < 2:
             raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} are not aligned")
-        try:
-            numpy.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
-        except ValueError:
-            raise ValueError(
-                f"matmul: batch dims of {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast"
-            ) from None
+        if self.trans_a:
+            a = _swap_last(a)
+        if self.trans_b:
+            b = _swap_last(b)
+        if a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} are not aligned")
+        if a.ndim > 2 or b.ndim > 2:
+            try:
+                numpy.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+            except ValueError:
+                raise ValueError(
+                    f"matmul: batch dims of {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast"
+                ) from None
         return a @ b
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
+        ta, tb = self.trans_a, self.trans_b
         # An input that needs no gradient (e.g. the data batch) gets None: no wasted product.
-        return (
-            _sum_to_shape(MatMul()(out_grad, transpose(b)), a.shape) if a.requires_grad else None,
-            _sum_to_shape(MatMul()(transpose(a), out_grad), b.shape) if b.requires_grad else None,
-        )
+        da = db = None
+        if a.requires_grad:
+            # op(a) = G op(b)^T; a = op(a) or its transpose.
+            da = MatMul(tb, True)(b, out_grad) if ta else MatMul(False, not tb)(out_grad, b)
+            da = _sum_to_shape(da, a.shape)
+        if b.requires_grad:
+            # op(b) = op(a)^T G
+            db = MatMul(True, ta)(out_grad, a) if tb else MatMul(not ta, False)(a, out_grad)
+            db = _sum_to_shape(db, b.shape)
+        return da, db
 
 
 def matmul(a, b):
@@ -574,6 +677,9 @@ class Split(TensorTupleOp):
             raise ValueError(f"split: axis {self.axis} out of range for shape {tuple(A.shape)}")
         axis = self.axis % A.ndim
         shape = tuple(n for i, n in enumerate(A.shape) if i != axis)
+        if not B.NP:
+            # Each part is a view with the axis dropped (no index parsing), copied once.
+            return tuple(A.split_copies(axis))
         lead = (slice(None),) * axis
         return tuple(B.copy(A[lead + (slice(i, i + 1),)]).reshape(shape) for i in range(A.shape[axis]))
 
