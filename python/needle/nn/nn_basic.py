@@ -261,7 +261,10 @@ class Linear(Module):
         x2 = X if len(X.shape) == 2 else X.reshape((_prod(lead), self.in_features))
         out = x2 @ self.weight
         if self.bias is not None:
-            out = out + self.bias.reshape((1, self.out_features)).broadcast_to(out.shape)
+            bias = self.bias
+            if bias.shape != (1, self.out_features):  # e.g. a (out,) bias from a checkpoint
+                bias = bias.reshape((1, self.out_features))
+            out = out + bias.broadcast_to(out.shape)
         if len(X.shape) != 2:
             out = out.reshape(lead + (self.out_features,))
         return out
@@ -337,25 +340,25 @@ class BatchNorm1d(Module):
         return self._normalize(x)
 
     def _normalize(self, x: Tensor) -> Tensor:
-        """y = (x - mean) * (weight / sqrt(var + eps)) + bias over the rows of (n, dim) ``x``.
-
-        The per-feature factors are formed on (dim,) vectors and broadcast once, so the
-        graph holds few full-size ops; running statistics are updated off the graph.
-        """
-        n, shape = x.shape[0], x.shape
+        """Training: the fused ``ops.BatchNorm`` (one graph node; x (N, C) or (N, C, H, W))
+        whose batch mean and biased variance update the running statistics off the graph.
+        Eval: ``(x - running_mean) * (weight / sqrt(running_var + eps)) + bias``.
+        ``ops.batch_norm_composition`` is the training path's test oracle."""
         if self.training:
-            neg_mean = x.sum(axes=(0,)) / (-n)
-            xc = x + neg_mean.broadcast_to(shape)
-            var = (xc ** 2).sum(axes=(0,)) / n
+            op = ops.BatchNorm(self.eps)
+            y = op(x, self.weight, self.bias)
             m = self.momentum
-            mean_data = neg_mean.realize_cached_data() * (-m)
-            self.running_mean = Tensor.make_const((1 - m) * self.running_mean.realize_cached_data() + mean_data)
-            self.running_var = Tensor.make_const(
-                (1 - m) * self.running_var.realize_cached_data() + var.realize_cached_data() * m)
-        else:
-            xc = x - self.running_mean.broadcast_to(shape)
-            var = self.running_var
-        scale = self.weight * (var + self.eps) ** -0.5
+            self.running_mean = Tensor.make_const((1 - m) * self.running_mean.realize_cached_data() + op.mean * m)
+            self.running_var = Tensor.make_const((1 - m) * self.running_var.realize_cached_data() + op.var * m)
+            return y
+        if len(x.shape) != 2:
+            s = x.shape
+            x2 = ops.permute(x, (0, 2, 3, 1)).reshape((s[0] * s[2] * s[3], s[1]))
+            y = self._normalize(x2).reshape((s[0], s[2], s[3], s[1]))
+            return ops.permute(y, (0, 3, 1, 2))
+        shape = x.shape
+        xc = x - self.running_mean.broadcast_to(shape)
+        scale = self.weight * (self.running_var + self.eps) ** -0.5
         return xc * scale.broadcast_to(shape) + self.bias.broadcast_to(shape)
 
 
@@ -366,11 +369,9 @@ class BatchNorm2d(BatchNorm1d):
         if len(x.shape) != 4 or x.shape[1] != self.dim:
             raise ValueError(f"BatchNorm2d({self.dim}): expected (N, {self.dim}, H, W) input, "
                              f"got {tuple(x.shape)}")
-        s = x.shape
-        # NCHW -> NHWC is a view; after nn.Conv (NHWC underneath) it is compact again.
-        _x = ops.permute(x, (0, 2, 3, 1)).reshape((s[0] * s[2] * s[3], s[1]))
-        y = self._normalize(_x).reshape((s[0], s[2], s[3], s[1]))
-        return ops.permute(y, (0, 3, 1, 2))
+        # Training normalises the (N*H*W, C) channels-last view inside the op: after
+        # nn.Conv (NHWC underneath) that view is free and the output is NCHW over NHWC again.
+        return self._normalize(x)
 
 
 class LayerNorm1d(Module):
@@ -388,17 +389,8 @@ class LayerNorm1d(Module):
         if x.shape[-1] != self.dim:
             raise ValueError(f"LayerNorm1d({self.dim}): input {tuple(x.shape)} has last dim "
                              f"{x.shape[-1]}")
-        shape = tuple(x.shape)
-        last = len(shape) - 1
-        keep = shape[:-1] + (1,)
-        mean = (x.sum(axes=(last,)) / self.dim).reshape(keep).broadcast_to(shape)
-        xc = x - mean
-        var = ((xc ** 2).sum(axes=(last,)) / self.dim).reshape(keep).broadcast_to(shape)
-        xhat = xc / ((var + self.eps) ** 0.5)
-        lead = (1,) * last + (self.dim,)
-        w = self.weight.reshape(lead).broadcast_to(shape)
-        b = self.bias.reshape(lead).broadcast_to(shape)
-        return w * xhat + b
+        # One fused node (ops.LayerNorm); ops.layer_norm_composition is its test oracle.
+        return ops.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class Dropout(Module):
@@ -416,7 +408,8 @@ class Dropout(Module):
         mask = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
         if self.p == 1.0:
             return x * mask
-        return x * mask / (1 - self.p)
+        # The 1/(1-p) scale goes into the constant mask: one graph node, not two.
+        return x * Tensor.make_const(mask.realize_cached_data() * (1.0 / (1 - self.p)))
 
 
 class Residual(Module):

@@ -5,4 +5,5 @@ from .ops_tuple import *
 from .ops_indexing import *
 from .ops_conv import *
 from .ops_loss import *
+from .ops_norm import *
 from ..autograd import Tensor, TensorTuple
