@@ -1000,7 +1000,7 @@ void MatmulTiled(const AlignedArray& a, const AlignedArray& b, AlignedArray* out
 }
 
 // ---------------------------------------------------------------------------
-// Fused softmax cross-entropy and optimizer steps (one pass per tensor)
+// Fused softmax cross-entropy, batch norm and optimizer steps (few passes per tensor)
 // ---------------------------------------------------------------------------
 // exp(x) for x <= 0 (the loss kernels exponentiate x - max and x - lse): Cephes'
 // expf (range reduction by ln 2, degree-5 polynomial, ~1 ulp); 0 below -87.3
@@ -1146,6 +1146,145 @@ void SoftmaxXentGrad(const AlignedArray& a, const AlignedArray& labels, const Al
       const float l = lse.ptr[i];
       row_softmax_scaled(x, o, k, l, c);
       o[y[size_t(i)]] -= c;
+    }
+  });
+}
+
+// ---- batch norm over the rows of a (rows, cols) layout (channels last) ----
+void check_bn(const char* fn, int64_t rows, int64_t cols, std::initializer_list<const AlignedArray*> full,
+              std::initializer_list<const AlignedArray*> vecs) {
+  if (rows < 0 || cols < 0)
+    throw std::invalid_argument(std::string(fn) + ": bad sizes (" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + ")");
+  bool ok = true;
+  for (const AlignedArray* a : full) ok = ok && a->size >= rows * cols;
+  for (const AlignedArray* v : vecs) ok = ok && v->size >= cols;
+  if (!ok)
+    throw std::invalid_argument(std::string(fn) + ": buffers do not fit (" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + ") and (" + std::to_string(cols) + ",)");
+}
+
+// acc[j] += sum of term(r, j) over rows [lo, hi): float partial sums over blocks of
+// 64 rows, added in double, so the error grows with 64 + n / 64, not with n.
+template <typename Term>
+void add_column_sums(int64_t lo, int64_t hi, int64_t cols, double* acc, Term term) {
+  constexpr int64_t kBlock = 64, kCols = 256;
+  float blk[kCols];
+  for (int64_t c0 = 0; c0 < cols; c0 += kCols) {
+    const int64_t nc = std::min(kCols, cols - c0);
+    for (int64_t r0 = lo; r0 < hi; r0 += kBlock) {
+      const int64_t r1 = std::min(hi, r0 + kBlock);
+      for (int64_t j = 0; j < nc; ++j) blk[j] = 0.0f;
+      for (int64_t r = r0; r < r1; ++r) {
+#pragma omp simd
+        for (int64_t j = 0; j < nc; ++j) blk[j] += term(r, c0 + j);
+      }
+      for (int64_t j = 0; j < nc; ++j) acc[c0 + j] += double(blk[j]);
+    }
+  }
+}
+
+// out[j] = sum over all rows of term(r, j). Rows split into a number of pieces fixed by
+// the size alone (so the result does not depend on the thread count), added in order.
+template <typename Term>
+void column_sums(int64_t rows, int64_t cols, double* out, Term term) {
+  std::fill(out, out + cols, 0.0);
+  const int64_t pieces = std::max<int64_t>(1, std::min<int64_t>({64, rows, rows * cols / kParallelThreshold}));
+  if (pieces == 1) {
+    add_column_sums(0, rows, cols, out, term);
+    return;
+  }
+  std::vector<double> part(size_t(pieces * cols), 0.0);
+  parallel_for(pieces, [&](int64_t t) {
+    add_column_sums(rows * t / pieces, rows * (t + 1) / pieces, cols, part.data() + t * cols, term);
+  });
+  for (int64_t t = 0; t < pieces; ++t)
+    for (int64_t j = 0; j < cols; ++j) out[j] += part[size_t(t * cols + j)];
+}
+
+// x is (rows, cols) compact, w, b (cols,); mean, var (cols,) get the column mean and
+// biased variance (two passes: the centred second pass stays exact when |mean| >> std),
+// out (rows, cols) = (x - mean) * s + b with s = w / sqrt(var + eps).
+void BnForward(const AlignedArray& x, const AlignedArray& w, const AlignedArray& b, AlignedArray* out,
+               AlignedArray* mean, AlignedArray* var, int64_t rows, int64_t cols, double eps) {
+  check_bn("bn_forward", rows, cols, {&x, out}, {&w, &b, mean, var});
+  float* m = mean->ptr;
+  float* v = var->ptr;
+  if (rows == 0) {
+    std::fill(m, m + cols, 0.0f);
+    std::fill(v, v + cols, 0.0f);
+    return;
+  }
+  const float* xp = x.ptr;
+  std::vector<double> acc(static_cast<size_t>(cols));
+  column_sums(rows, cols, acc.data(), [xp, cols](int64_t r, int64_t j) { return xp[r * cols + j]; });
+  for (int64_t j = 0; j < cols; ++j) m[j] = float(acc[size_t(j)] / double(rows));
+  column_sums(rows, cols, acc.data(), [xp, m, cols](int64_t r, int64_t j) {
+    const float d = xp[r * cols + j] - m[j];
+    return d * d;
+  });
+  std::vector<float> scale(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) {
+    v[j] = float(acc[size_t(j)] / double(rows));
+    scale[size_t(j)] = float(double(w.ptr[j]) / std::sqrt(double(v[j]) + eps));
+  }
+  const float* s = scale.data();
+  const float* bb = b.ptr;
+  float* o = out->ptr;
+  parallel_range(rows, std::max<int64_t>(1, kParallelThreshold / std::max<int64_t>(cols, 1)),
+                 [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* xr = xp + r * cols;
+      float* orow = o + r * cols;
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) orow[j] = (xr[j] - m[j]) * s[j] + bb[j];
+    }
+  });
+}
+
+// The adjoint of BnForward for g (rows, cols) compact: db = sum(g), dw = inv sum(g (x - mean))
+// with inv = 1 / sqrt(var + eps), and dx = k ((g - gm) - (x - mean) c) with k = w inv,
+// gm = db / rows, c = inv dw / rows (in double, rounded to float; differences first, so a
+// constant column gives dx = 0 exactly).
+void BnBackward(const AlignedArray& x, const AlignedArray& g, const AlignedArray& w, const AlignedArray& mean,
+                const AlignedArray& var, AlignedArray* dx, AlignedArray* dw, AlignedArray* db, int64_t rows,
+                int64_t cols, double eps) {
+  check_bn("bn_backward", rows, cols, {&x, &g, dx}, {&w, &mean, &var, dw, db});
+  if (rows == 0) {
+    std::fill(dw->ptr, dw->ptr + cols, 0.0f);
+    std::fill(db->ptr, db->ptr + cols, 0.0f);
+    return;
+  }
+  const float* xp = x.ptr;
+  const float* gp = g.ptr;
+  const float* m = mean.ptr;
+  std::vector<double> sg(static_cast<size_t>(cols)), sgx(static_cast<size_t>(cols));
+  column_sums(rows, cols, sg.data(), [gp, cols](int64_t r, int64_t j) { return gp[r * cols + j]; });
+  column_sums(rows, cols, sgx.data(), [xp, gp, m, cols](int64_t r, int64_t j) {
+    return gp[r * cols + j] * (xp[r * cols + j] - m[j]);
+  });
+  std::vector<float> coef(static_cast<size_t>(3 * cols));
+  float* k = coef.data();
+  float* gm = k + cols;
+  float* c = gm + cols;
+  for (int64_t j = 0; j < cols; ++j) {
+    const double inv = 1.0 / std::sqrt(double(var.ptr[j]) + eps), kj = double(w.ptr[j]) * inv;
+    const double dwj = sgx[size_t(j)] * inv;
+    db->ptr[j] = float(sg[size_t(j)]);
+    dw->ptr[j] = float(dwj);
+    k[j] = float(kj);
+    gm[j] = float(sg[size_t(j)] / double(rows));
+    c[j] = float(inv * dwj / double(rows));
+  }
+  float* o = dx->ptr;
+  parallel_range(rows, std::max<int64_t>(1, kParallelThreshold / std::max<int64_t>(cols, 1)),
+                 [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* xr = xp + r * cols;
+      const float* gr = gp + r * cols;
+      float* orow = o + r * cols;
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) orow[j] = k[j] * ((gr[j] - gm[j]) - (xr[j] - m[j]) * c[j]);
     }
   });
 }
@@ -1316,6 +1455,8 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.def("scatter_add_rows", ScatterAddRows);
   m.def("softmax_xent", SoftmaxXent);
   m.def("softmax_xent_grad", SoftmaxXentGrad);
+  m.def("bn_forward", BnForward);
+  m.def("bn_backward", BnBackward);
   m.def("adam_step", AdamStep);
   m.def("sgd_step", SgdStep);
 

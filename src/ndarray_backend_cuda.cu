@@ -1269,7 +1269,7 @@ static void scatter_add_rows(const CudaArray& a, const CudaArray& idx, CudaArray
 }
 
 // ---------------------------------------------------------------------------
-// Fused softmax cross-entropy and optimizer steps (one pass per tensor)
+// Fused softmax cross-entropy, batch norm and optimizer steps (few passes per tensor)
 // ---------------------------------------------------------------------------
 // Block-wide reduction of one float per thread (blockDim.x a multiple of 32, <= 1024).
 template <bool kMax>
@@ -1377,6 +1377,117 @@ static void softmax_xent_grad(const CudaArray& a, const CudaArray& labels, const
   softmax_xent_grad_kernel<<<grid_for(n * k), kThreads>>>(a.ptr, labels.ptr, lse.ptr, g.ptr, out.ptr, n, k,
                                                           static_cast<float>(scale));
   CHECK_LAUNCH("softmax_xent_grad_kernel");
+}
+
+// ---- batch norm over the rows of a (rows, cols) layout (channels last) ----
+// One block per 32 columns: threadIdx.x is the column, the kBnRows rows of threads
+// stride over the rows (coalesced along each row), sums in double.
+constexpr int kBnCols = 32, kBnRows = 8;
+
+// The sum over threadIdx.y of v, in a fixed order; every thread of the column gets it.
+// Called by all threads of the block.
+__device__ double bn_column_total(double v, double (*shared)[kBnCols]) {
+  __syncthreads();  // shared may still be read from a previous call
+  shared[threadIdx.y][threadIdx.x] = v;
+  __syncthreads();
+  double t = 0.0;
+  for (int i = 0; i < kBnRows; ++i) t += shared[i][threadIdx.x];
+  return t;
+}
+
+__global__ void bn_forward_kernel(const float* x, const float* w, const float* b, float* out, float* mean,
+                                  float* var, int64_t rows, int64_t cols, double eps) {
+  __shared__ double shared[kBnRows][kBnCols];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kBnCols + threadIdx.x;
+  const bool ok = c < cols;
+  double s = 0.0;
+  if (ok)
+    for (int64_t r = threadIdx.y; r < rows; r += kBnRows) s += x[r * cols + c];
+  s = bn_column_total(s, shared);
+  const float m = rows ? static_cast<float>(s / static_cast<double>(rows)) : 0.0f;
+  double q = 0.0;
+  if (ok)
+    for (int64_t r = threadIdx.y; r < rows; r += kBnRows) {
+      const float d = x[r * cols + c] - m;
+      q += static_cast<double>(d * d);
+    }
+  q = bn_column_total(q, shared);
+  if (!ok) return;
+  const float v = rows ? static_cast<float>(q / static_cast<double>(rows)) : 0.0f;
+  if (threadIdx.y == 0) {
+    mean[c] = m;
+    var[c] = v;
+  }
+  const float sc = static_cast<float>(static_cast<double>(w[c]) / sqrt(static_cast<double>(v) + eps));
+  const float bc = b[c];
+  for (int64_t r = threadIdx.y; r < rows; r += kBnRows) out[r * cols + c] = (x[r * cols + c] - m) * sc + bc;
+}
+
+__global__ void bn_backward_kernel(const float* x, const float* g, const float* w, const float* mean,
+                                   const float* var, float* dx, float* dw, float* db, int64_t rows, int64_t cols,
+                                   double eps) {
+  __shared__ double shared[kBnRows][kBnCols];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kBnCols + threadIdx.x;
+  const bool ok = c < cols;
+  const float m = ok ? mean[c] : 0.0f;
+  double sg = 0.0, sgx = 0.0;
+  if (ok)
+    for (int64_t r = threadIdx.y; r < rows; r += kBnRows) {
+      const float gr = g[r * cols + c];
+      sg += gr;
+      sgx += static_cast<double>(gr * (x[r * cols + c] - m));
+    }
+  sg = bn_column_total(sg, shared);
+  sgx = bn_column_total(sgx, shared);
+  if (!ok) return;
+  const double inv = 1.0 / sqrt(static_cast<double>(var[c]) + eps), k = static_cast<double>(w[c]) * inv;
+  const double dwc = sgx * inv, n = static_cast<double>(rows > 0 ? rows : 1);
+  if (threadIdx.y == 0) {
+    db[c] = static_cast<float>(sg);
+    dw[c] = static_cast<float>(dwc);
+  }
+  const float kf = static_cast<float>(k), gm = static_cast<float>(sg / n), cf = static_cast<float>(inv * dwc / n);
+  for (int64_t r = threadIdx.y; r < rows; r += kBnRows) {
+    const int64_t e = r * cols + c;
+    dx[e] = kf * ((g[e] - gm) - (x[e] - m) * cf);
+  }
+}
+
+static void check_bn(const char* fn, int64_t rows, int64_t cols, std::initializer_list<const CudaArray*> full,
+                     std::initializer_list<const CudaArray*> vecs) {
+  if (rows < 0 || cols < 0)
+    throw py::value_error(std::string(fn) + ": bad sizes (" + std::to_string(rows) + ", " + std::to_string(cols) +
+                          ")");
+  const int64_t n = checked_mul(fn, rows, cols);
+  bool ok = true;
+  for (const CudaArray* a : full) ok = ok && static_cast<int64_t>(a->size) >= n;
+  for (const CudaArray* v : vecs) ok = ok && static_cast<int64_t>(v->size) >= cols;
+  if (!ok)
+    throw py::value_error(std::string(fn) + ": buffers do not fit (" + std::to_string(rows) + ", " +
+                          std::to_string(cols) + ") and (" + std::to_string(cols) + ",)");
+}
+
+// x (rows, cols) compact, w, b (cols,): mean, var (cols,) get the column mean and biased
+// variance (two passes), out = (x - mean) * w / sqrt(var + eps) + b.
+static void bn_forward(const CudaArray& x, const CudaArray& w, const CudaArray& b, CudaArray& out, CudaArray& mean,
+                       CudaArray& var, int64_t rows, int64_t cols, double eps) {
+  check_bn("bn_forward", rows, cols, {&x, &out}, {&w, &b, &mean, &var});
+  if (cols == 0) return;
+  bn_forward_kernel<<<static_cast<unsigned>(ceil_div(cols, kBnCols)), dim3(kBnCols, kBnRows)>>>(
+      x.ptr, w.ptr, b.ptr, out.ptr, mean.ptr, var.ptr, rows, cols, eps);
+  CHECK_LAUNCH("bn_forward_kernel");
+}
+
+// The adjoint of bn_forward for g (rows, cols): db = sum(g), dw = inv sum(g (x - mean)),
+// dx = k ((g - gm) - (x - mean) c) (k = w inv, gm = db / rows, c = inv dw / rows).
+static void bn_backward(const CudaArray& x, const CudaArray& g, const CudaArray& w, const CudaArray& mean,
+                        const CudaArray& var, CudaArray& dx, CudaArray& dw, CudaArray& db, int64_t rows, int64_t cols,
+                        double eps) {
+  check_bn("bn_backward", rows, cols, {&x, &g, &dx}, {&w, &mean, &var, &dw, &db});
+  if (cols == 0) return;
+  bn_backward_kernel<<<static_cast<unsigned>(ceil_div(cols, kBnCols)), dim3(kBnCols, kBnRows)>>>(
+      x.ptr, g.ptr, w.ptr, mean.ptr, var.ptr, dx.ptr, dw.ptr, db.ptr, rows, cols, eps);
+  CHECK_LAUNCH("bn_backward_kernel");
 }
 
 struct AdamParams {
@@ -1527,6 +1638,10 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
         py::arg("n"), py::arg("k"));
   m.def("softmax_xent_grad", &nc::softmax_xent_grad, py::arg("a"), py::arg("labels"), py::arg("lse"), py::arg("g"),
         py::arg("out"), py::arg("n"), py::arg("k"), py::arg("scale"));
+  m.def("bn_forward", &nc::bn_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("out"), py::arg("mean"),
+        py::arg("var"), py::arg("rows"), py::arg("cols"), py::arg("eps"));
+  m.def("bn_backward", &nc::bn_backward, py::arg("x"), py::arg("g"), py::arg("w"), py::arg("mean"), py::arg("var"),
+        py::arg("dx"), py::arg("dw"), py::arg("db"), py::arg("rows"), py::arg("cols"), py::arg("eps"));
   m.def("adam_step", &nc::adam_step, py::arg("w"), py::arg("g"), py::arg("m"), py::arg("v"), py::arg("out"),
         py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
         py::arg("decay"), py::arg("bias_c1"), py::arg("bias_c2"));

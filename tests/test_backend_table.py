@@ -243,10 +243,27 @@ def _case_optimizers(p):
     return dict(rtol=1e-5, atol=1e-6)
 
 
+def _case_batch_norm(p):
+    # (1, 4): zero variance; 257+ columns: more than one column tile; 2100 x 260: the
+    # row-split (threaded) sums; a far-off mean: the centred second pass.
+    # Its own generator, so the other cases keep their inputs. dw and db sum thousands of
+    # terms (float partial sums in the compiled kernel, float64 in the twin): atol 1e-4.
+    rng = np.random.default_rng(11)
+    for rows, cols, shift in [(1, 4, 0.0), (7, 5, 0.0), (130, 3, 50.0), (65, 257, 0.0), (2100, 260, 0.0), (0, 3, 0.0)]:
+        x, g = p.buf(rng.uniform(-2, 2, (rows, cols)) + shift), p.buf(rng.uniform(-2, 2, (rows, cols)))
+        w, b = p.buf(rng.uniform(0.5, 2, cols)), p.buf(rng.uniform(-2, 2, cols))
+        out, mean, var = p.buf(np.zeros(rows * cols)), p.buf(np.zeros(cols)), p.buf(np.zeros(cols))
+        p.call("bn_forward", x, w, b, out, mean, var, rows, cols, 1e-5)
+        dx, dw, db = p.buf(np.zeros(rows * cols)), p.buf(np.zeros(cols)), p.buf(np.zeros(cols))
+        p.call("bn_backward", x, g, w, mean, var, dx, dw, db, rows, cols, 1e-5)
+    return dict(rtol=2e-5, atol=1e-4)
+
+
 CASES = {
     "elementwise": _case_elementwise, "views": _case_views, "matmul": _case_matmul,
     "reductions": _case_reductions, "reduce_sum_middle": _case_reduce_sum_middle, "ewise_rows": _case_ewise_rows,
     "gather_scatter_rows": _case_rows, "softmax_xent": _case_softmax_xent, "optimizers": _case_optimizers,
+    "batch_norm": _case_batch_norm,
 }
 
 
@@ -279,3 +296,12 @@ def test_cpu_and_twin_reject_the_same_bad_calls():
         for side in (0, 1):
             with pytest.raises(ValueError):
                 (twin if side == 0 else cpu).reduce_sum_middle(*[x[side] if isinstance(x, tuple) else x for x in args])
+    x, v, out = p.buf(_rand(12)), p.buf(_rand(4)), p.buf(np.zeros(12))
+    for args in [(x, v, v, out, v, v, 4, 4, 1e-5), (x, v, v, out, v, v, 3, 5, 1e-5), (x, v, v, out, v, v, -1, 4, 1e-5)]:
+        for side in (0, 1):
+            with pytest.raises(ValueError):
+                (twin if side == 0 else cpu).bn_forward(*[a[side] if isinstance(a, tuple) else a for a in args])
+    for args in [(x, x, v, v, v, out, v, v, 3, 5, 1e-5), (x, x, v, v, v, p.buf(np.zeros(8)), v, v, 3, 4, 1e-5)]:
+        for side in (0, 1):
+            with pytest.raises(ValueError):
+                (twin if side == 0 else cpu).bn_backward(*[a[side] if isinstance(a, tuple) else a for a in args])

@@ -92,14 +92,6 @@ def _dense_strides(a, size):
 _ROW_OPS = {"add": "add", "multiply": "mul", "divide": "div"}
 
 
-def _has(device, name):
-    """Whether the device's module has the optional kernel ``name`` (cached per device)."""
-    cache = device.__dict__.setdefault("_optional", {})
-    if name not in cache:
-        cache[name] = getattr(device.__dict__.get("mod"), name, None) is not None
-    return cache[name]
-
-
 @lru_cache(maxsize=4096)
 def _row_cols(shape, strides):
     """Row length if (shape, strides) is a compact row over trailing axes broadcast
@@ -548,7 +540,7 @@ class NDArray:
             return _new(shape, self._strides, device, handle, 0)
         if size == 0:
             return _alloc(shape, device)
-        if is_array and what in _ROW_OPS and _has(device, "ewise_rows"):
+        if is_array and what in _ROW_OPS:
             out = self._ewise_rows(other, _ROW_OPS[what], size)
             if out is not None:
                 return out
@@ -762,7 +754,7 @@ class NDArray:
         axes = _normalize_axes(axis, self.ndim, what)
         if self.ndim == 0:
             axes = ()
-        elif func is self._device.reduce_sum and axis is not None and _has(self._device, "reduce_sum_middle"):
+        elif func is self._device.reduce_sum and axis is not None:
             out = self._sum_middle(axes, keepdims)
             if out is not None:
                 return out
@@ -804,6 +796,45 @@ class NDArray:
 
     def max(self, axis=None, keepdims=False):
         return self._reduce(axis, keepdims, self.device.reduce_max, "max")
+
+    # ---- batch norm ---------------------------------------------------------
+    def _bn_args(self, what, vecs):
+        """(self, vecs...) compact on one device, self 2-D (rows, cols), each vec (cols,)."""
+        if self.ndim != 2:
+            raise ValueError(f"{what}: need a 2-D (rows, cols) array, got shape {self.shape}")
+        cols = self._shape[1]
+        for v in vecs:
+            if not isinstance(v, NDArray) or v._device != self._device:
+                raise TypeError(f"{what}: per-column arrays must be NDArrays on {self.device}")
+            if v._shape != (cols,):
+                raise ValueError(f"{what}: per-column array of shape {v.shape} for {cols} columns")
+        return [self.compact()] + [v.compact() for v in vecs]
+
+    def batch_norm(self, weight, bias, eps):
+        """Training-mode batch norm over the rows of self (rows, cols) with weight, bias (cols,):
+        (out (rows, cols), mean (cols,), biased var (cols,)) in one backend call."""
+        x, w, b = self._bn_args("batch_norm", (weight, bias))
+        rows, cols = x._shape
+        out, mean, var = _alloc(x._shape, x._device), _alloc((cols,), x._device), _alloc((cols,), x._device)
+        x._device.bn_forward(x._handle, w._handle, b._handle, out._handle, mean._handle, var._handle, rows, cols,
+                             float(eps))
+        return out, mean, var
+
+    def batch_norm_grad(self, x, weight, mean, var, eps):
+        """(dx, dweight, dbias) of ``batch_norm`` for the upstream gradient self (rows, cols),
+        given its input x and the forward's batch mean and var (cols,)."""
+        if not isinstance(x, NDArray) or x._device != self._device:
+            raise TypeError(f"batch_norm_grad: the input must be an NDArray on {self.device}")
+        if x._shape != self._shape:
+            raise ValueError(f"batch_norm_grad: input of shape {x.shape} for gradient of shape {self.shape}")
+        g, w, m, v = self._bn_args("batch_norm_grad", (weight, mean, var))
+        (x,) = x._bn_args("batch_norm_grad", ())
+        rows, cols = g._shape
+        dev = g._device
+        dx, dw, db = _alloc(g._shape, dev), _alloc((cols,), dev), _alloc((cols,), dev)
+        dev.bn_backward(x._handle, g._handle, w._handle, m._handle, v._handle, dx._handle, dw._handle, db._handle,
+                        rows, cols, float(eps))
+        return dx, dw, db
 
     # ---- flip and pad -----------------------------------------------------
     def flip(self, axes=None):

@@ -221,6 +221,67 @@ def reduce_sum_middle(a, out, outer, reduce, inner):
     out.array[: outer * inner] = total.reshape(-1)
 
 
+def _check_bn(fn, rows, cols, full, vecs):
+    if rows < 0 or cols < 0:
+        raise ValueError(f"{fn}: bad sizes ({rows}, {cols})")
+    if any(a.size < rows * cols for a in full) or any(v.size < cols for v in vecs):
+        raise ValueError(f"{fn}: buffers of {[a.size for a in full + vecs]} elements do not fit "
+                         f"({rows}, {cols}) and ({cols},)")
+
+
+def _bn_view(a, rows, cols):
+    return a.array[: rows * cols].reshape(rows, cols)
+
+
+def _bn_scale(w, var, cols, eps):
+    """w / sqrt(var + eps) per column, in float64."""
+    return w.array[:cols].astype(np.float64) / np.sqrt(var.array[:cols].astype(np.float64) + eps)
+
+
+def bn_forward(x, w, b, out, mean, var, rows, cols, eps):
+    """Training-mode batch norm over the rows of x (rows, cols) compact with w, b (cols,):
+    mean, var (cols,) get the per-column mean and biased variance (two passes, summed in
+    float64; 0 when rows is 0) and out (rows, cols) compact gets (x - mean) * s + b with
+    s = w / sqrt(var + eps) (computed in float64 from the stored float32 var, then rounded)."""
+    _check_bn("bn_forward", rows, cols, (x, out), (w, b, mean, var))
+    if rows == 0:
+        mean.array[:cols] = 0.0
+        var.array[:cols] = 0.0
+        return
+    xv = _bn_view(x, rows, cols)
+    m = (xv.sum(axis=0, dtype=np.float64) / rows).astype(_DTYPE)
+    d = xv.astype(np.float64) - m
+    mean.array[:cols] = m
+    var.array[:cols] = (d * d).sum(axis=0) / rows
+    s = _bn_scale(w, var, cols, eps).astype(_DTYPE)
+    _bn_view(out, rows, cols)[...] = (xv - m) * s + b.array[:cols]
+
+
+def bn_backward(x, g, w, mean, var, dx, dw, db, rows, cols, eps):
+    """Adjoint of bn_forward for the upstream g (rows, cols) compact, given the forward's x, w,
+    mean and var: with inv = 1 / sqrt(var + eps) and k = w inv (float64 per column),
+    db = sum(g), dw = inv sum(g (x - mean)) (summed over rows in float64) and
+    dx = k ((g - gm) - (x - mean) c) with gm = db / rows, c = inv dw / rows (k, gm, c rounded to
+    float32; the differences come first, so a constant column gives dx = 0 exactly)."""
+    _check_bn("bn_backward", rows, cols, (x, g, dx), (w, mean, var, dw, db))
+    if rows == 0:
+        dw.array[:cols] = 0.0
+        db.array[:cols] = 0.0
+        return
+    xv, gv = _bn_view(x, rows, cols), _bn_view(g, rows, cols)
+    m = mean.array[:cols]
+    inv = 1.0 / np.sqrt(var.array[:cols].astype(np.float64) + eps)
+    k = w.array[:cols].astype(np.float64) * inv
+    sg = gv.sum(axis=0, dtype=np.float64)
+    sgx = (gv.astype(np.float64) * (xv - m)).sum(axis=0)
+    dwd = sgx * inv
+    db.array[:cols] = sg
+    dw.array[:cols] = dwd
+    gm = (sg / rows).astype(_DTYPE)
+    c = (inv * dwd / rows).astype(_DTYPE)
+    _bn_view(dx, rows, cols)[...] = k.astype(_DTYPE) * ((gv - gm) - (xv - m) * c)
+
+
 def _rows(fn, idx, num_rows):
     """idx's float32-encoded row numbers as int64, each checked to lie in [0, num_rows)."""
     rows = idx.array

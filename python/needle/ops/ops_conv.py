@@ -225,7 +225,10 @@ class Conv(TensorOp):
         if X.requires_grad:
             dX = self._grad_input(out_grad, X.shape, W)
         if W.requires_grad:
-            Xt = reshape(permute(reshape(X, (N, H, Wd, g, Cg)), (4, 1, 2, 3, 0)), (Cg, H, Wd, g * N))
+            if g == 1:  # a view: the conv's padding makes the one copy (X may itself be a view of NCHW)
+                Xt = permute(X, (3, 1, 2, 0))
+            else:
+                Xt = reshape(permute(reshape(X, (N, H, Wd, g, Cg)), (4, 1, 2, 3, 0)), (Cg, H, Wd, g * N))
             Gt = permute(out_grad, (1, 2, 0, 3))
             dWt = Conv(
                 stride=(dh, dw),

@@ -21,6 +21,11 @@ training steps; here the forward is one node and the backward one
 as test oracles (``batch_norm_composition``, ``layer_norm_composition``), and
 the adjoint's own gradient is written with needle ops (``_norm_grad_grad``),
 so gradient-of-gradient works.
+
+In nd mode batch norm runs on the backend's ``bn_forward`` / ``bn_backward`` kernels
+(``NDArray.batch_norm`` / ``batch_norm_grad``): statistics in two passes over x, the
+output in a third, and the adjoint in two passes over (x, g), with no centred copy of
+x kept between them. np mode and layer norm use the NDArray/numpy expressions below.
 """
 from ..autograd import Tensor, TensorOp, TensorTupleOp
 from . import array_backend as B
@@ -62,7 +67,7 @@ class _Norm(TensorOp):
 
     def __init__(self, eps=1e-5):
         self.eps = float(eps)
-        self.xc = self.inv = self.scale = self.mean = self.var = None
+        self.xc = self.inv = self.scale = self.mean = self.var = self.x2 = None
 
     # 2-D views of backend arrays and back
     def view2d(self, a):
@@ -77,6 +82,10 @@ class _Norm(TensorOp):
         shape = tuple(x2.shape)
         ax, n = self.axis, shape[self.axis]
         cols = shape[1]
+        if ax == 0 and not B.NP:  # the backend's fused kernel: statistics and output in one call
+            out, self.mean, self.var = x2.batch_norm(_vec(w, cols), _vec(b, cols), self.eps)
+            self.x2 = x2
+            return self.unview(out, tuple(x.shape))
         neg_mean = x2.sum(axis=ax) * (-1.0 / n) if n else B.full(_stat_shape(shape, ax), 0.0, x2)
         xc = x2 + _bcast(neg_mean, ax, shape)
         var = (xc * xc).sum(axis=ax) * (1.0 / n) if n else B.full(_stat_shape(shape, ax), 0.0, x2)
@@ -109,6 +118,11 @@ class _NormGrad(TensorTupleOp):
     def compute(self, x, w, g):
         fwd, ax = self.fwd, self.axis
         g2 = fwd.view2d(g)
+        if fwd.x2 is not None:  # the forward ran the fused kernel: so does the adjoint
+            cols = g2.shape[1]
+            dx, dw, db = g2.batch_norm_grad(fwd.x2, _vec(w, cols), fwd.mean, fwd.var, fwd.eps)
+            return (fwd.unview(dx, tuple(x.shape)), dw if tuple(w.shape) == (cols,) else dw.reshape(tuple(w.shape)),
+                    db if self.b_shape == (cols,) else db.reshape(self.b_shape))
         xc, inv = fwd.xc, fwd.inv
         shape = tuple(g2.shape)
         n, cols = shape[ax], shape[1]
