@@ -10,16 +10,20 @@
 // the final write of an edge tile is masked.
 //
 // Threads: C is cut into chunks of whole register tiles that the threads of
-// the pool (cpu_threads.h) claim one at a time; every chunk packs what it
-// reads itself, so there is no barrier inside the product, and the caller
-// waits only for chunks already started, never for a thread that has not
-// woken up yet.
+// the pool (cpu_threads.h) claim one at a time. When C is cut along M, B is
+// packed once, in slices claimed the same way, into a buffer the chunks share
+// (a chunk never waits for a slice: one still being packed elsewhere it packs
+// privately); otherwise each chunk packs what it reads itself. Either way the
+// caller waits only for work already started, never for a thread that has not
+// woken up yet, and no thread ever spins.
 #include "cpu_gemm.h"
 #include "cpu_threads.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -108,6 +112,15 @@ constexpr int64_t NC = 2048;
 constexpr int64_t kDirectAStrips = 2;
 constexpr int64_t kChunksPerThread = 3;
 constexpr int64_t kMinChunkStrips = 4;
+// Threads share one packed copy of B when C is cut along M: it is packed in
+// about kPackTasksPerThread slices per thread, and is at most kSharedBFloats
+// floats (32 MiB); wider products are done in column groups of that size.
+constexpr int64_t kPackTasksPerThread = 4;
+// With B shared, smaller chunks cost no repacking of B: more of them shorten
+// the wait for the last one when a thread runs slow (10 beat 3 and 6 at
+// 256..2048 with 2 threads), and narrow ones read A in place.
+constexpr int64_t kSharedChunksPerThread = 10;
+constexpr int64_t kSharedBFloats = int64_t(1) << 23;
 
 // Below this many multiply-adds (~10 us on one core) a product runs on one
 // thread: waking a worker costs microseconds, more on a busy machine.
@@ -287,61 +300,78 @@ struct Scratch {
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// One thread's share: rows [m0, m1) and columns [n0, n1) of C, all of K.
+// Rows [m0, m1) of C, columns [jc, jc + nc), one KC-deep slab (rows pc..pc+kc
+// of B) whose panel is already packed: bstrip(jr) is the packed kc x NR strip
+// of columns jc + jr.
+template <int MR, int NV, class BStrip>
+void gemm_panel(int64_t m0, int64_t m1, int64_t jc, int64_t nc, int64_t pc, int64_t kc, bool direct_a,
+                const float* A, int64_t rsa, int64_t csa, const BStrip& bstrip, float* C, int64_t ldc,
+                float* apack) {
+  constexpr int NR = NV * VW;
+  constexpr int64_t MC = MC_STRIPS * MR;
+  const bool accumulate = pc > 0;
+  for (int64_t ic = m0; ic < m1; ic += MC) {
+    const int64_t mc = std::min(MC, m1 - ic);
+    const float* a = A + ic * rsa + pc * csa;
+    if (direct_a) {
+      // Whole strips read A in place; a ragged last strip is packed.
+      const int64_t full = mc / MR * MR;
+      if (full < mc) pack_a<MR>(mc - full, kc, a + full * rsa, rsa, csa, apack);
+      for (int64_t jr = 0; jr < nc; jr += NR) {
+        const int64_t nr = std::min<int64_t>(NR, nc - jr);
+        const float* bp = bstrip(jr);
+        for (int64_t ir = 0; ir < full; ir += MR) {
+          float* c = C + (ic + ir) * ldc + jc + jr;
+          if (nr == NR) {
+            micro_kernel_strided<MR, NV>(kc, a + ir * rsa, rsa, 1, bp, c, ldc, accumulate);
+          } else {
+            alignas(64) float tile[MR * NR];
+            micro_kernel_strided<MR, NV>(kc, a + ir * rsa, rsa, 1, bp, tile, NR, false);
+            write_tile<MR, NV>(tile, c, ldc, accumulate, MR, nr);
+          }
+        }
+        if (full < mc)
+          edge_kernel<MR, NV>(kc, apack, bp, C + (ic + full) * ldc + jc + jr, ldc, accumulate, mc - full, nr);
+      }
+      continue;
+    }
+    pack_a<MR>(mc, kc, a, rsa, csa, apack);
+    for (int64_t jr = 0; jr < nc; jr += NR) {
+      const int64_t nr = std::min<int64_t>(NR, nc - jr);
+      const float* bp = bstrip(jr);
+      for (int64_t ir = 0; ir < mc; ir += MR) {
+        const int64_t mr = std::min<int64_t>(MR, mc - ir);
+        float* c = C + (ic + ir) * ldc + jc + jr;
+        if (mr == MR && nr == NR) {
+          micro_kernel<MR, NV>(kc, apack + ir * kc, bp, c, ldc, accumulate);
+        } else {
+          edge_kernel<MR, NV>(kc, apack + ir * kc, bp, c, ldc, accumulate, mr, nr);
+        }
+      }
+    }
+  }
+}
+
+// Each A strip is reused by every NR-wide strip of a panel: with only one or
+// two of them, reading A in place beats packing it.
+template <int NV>
+bool direct_a_for(int64_t csa, int64_t width) {
+  return csa == 1 && width <= kDirectAStrips * NV * VW;
+}
+
+// One thread's share: rows [m0, m1) and columns [n0, n1) of C, all of K,
+// packing B panel by panel itself.
 template <int MR, int NV>
 void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, const float* A, int64_t rsa, int64_t csa,
                 const float* B, int64_t rsb, int64_t csb, float* C, int64_t ldc, float* apack, float* bpack) {
-  constexpr int NR = NV * VW;
-  constexpr int64_t MC = MC_STRIPS * MR;
-  // Each A strip is reused by every NR-wide strip of the panel: with only
-  // one or two of them, reading A in place beats packing it.
-  const bool direct_a = csa == 1 && n1 - n0 <= kDirectAStrips * NR;
+  const bool direct_a = direct_a_for<NV>(csa, n1 - n0);
   for (int64_t jc = n0; jc < n1; jc += NC) {
     const int64_t nc = std::min(NC, n1 - jc);
     for (int64_t pc = 0; pc < K; pc += KC) {
       const int64_t kc = std::min(KC, K - pc);
-      const bool accumulate = pc > 0;
       pack_b<NV>(kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
-      for (int64_t ic = m0; ic < m1; ic += MC) {
-        const int64_t mc = std::min(MC, m1 - ic);
-        const float* a = A + ic * rsa + pc * csa;
-        if (direct_a) {
-          // Whole strips read A in place; a ragged last strip is packed.
-          const int64_t full = mc / MR * MR;
-          if (full < mc) pack_a<MR>(mc - full, kc, a + full * rsa, rsa, csa, apack);
-          for (int64_t jr = 0; jr < nc; jr += NR) {
-            const int64_t nr = std::min<int64_t>(NR, nc - jr);
-            const float* bp = bpack + jr * kc;
-            for (int64_t ir = 0; ir < full; ir += MR) {
-              float* c = C + (ic + ir) * ldc + jc + jr;
-              if (nr == NR) {
-                micro_kernel_strided<MR, NV>(kc, a + ir * rsa, rsa, 1, bp, c, ldc, accumulate);
-              } else {
-                alignas(64) float tile[MR * NR];
-                micro_kernel_strided<MR, NV>(kc, a + ir * rsa, rsa, 1, bp, tile, NR, false);
-                write_tile<MR, NV>(tile, c, ldc, accumulate, MR, nr);
-              }
-            }
-            if (full < mc)
-              edge_kernel<MR, NV>(kc, apack, bp, C + (ic + full) * ldc + jc + jr, ldc, accumulate, mc - full, nr);
-          }
-          continue;
-        }
-        pack_a<MR>(mc, kc, a, rsa, csa, apack);
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int64_t nr = std::min<int64_t>(NR, nc - jr);
-          const float* bp = bpack + jr * kc;
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const int64_t mr = std::min<int64_t>(MR, mc - ir);
-            float* c = C + (ic + ir) * ldc + jc + jr;
-            if (mr == MR && nr == NR) {
-              micro_kernel<MR, NV>(kc, apack + ir * kc, bp, c, ldc, accumulate);
-            } else {
-              edge_kernel<MR, NV>(kc, apack + ir * kc, bp, c, ldc, accumulate, mr, nr);
-            }
-          }
-        }
-      }
+      gemm_panel<MR, NV>(m0, m1, jc, nc, pc, kc, direct_a, A, rsa, csa,
+                         [bpack, kc](int64_t jr) { return bpack + jr * kc; }, C, ldc, apack);
     }
   }
 }
@@ -385,34 +415,140 @@ void gemv_row(int64_t N, int64_t K, const float* A, int64_t csa, const float* B,
   }
 }
 
+// How C is cut into chunks of whole register tiles: cm x cn strips each.
+struct Chunks {
+  int64_t cm, cn, mchunks, nchunks;
+};
+
+// Aims for kChunksPerThread chunks per thread, splitting M first. Chunks are
+// at least kMinChunkStrips strips tall and at most one MC x NC block.
+template <int MR, int NV>
+Chunks plan_chunks(int64_t M, int64_t N, int nt, int64_t per_thread = kChunksPerThread) {
+  constexpr int NR = NV * VW;
+  const int64_t mstrips = (M + MR - 1) / MR, nstrips = (N + NR - 1) / NR;
+  const int64_t want = int64_t(nt) * per_thread;
+  Chunks c;
+  c.cm = std::max<int64_t>((mstrips + want - 1) / want, std::min<int64_t>(kMinChunkStrips, mstrips));
+  c.cm = std::min<int64_t>(c.cm, MC_STRIPS);
+  c.mchunks = (mstrips + c.cm - 1) / c.cm;
+  const int64_t nsplit = std::max<int64_t>(1, (want + c.mchunks - 1) / c.mchunks);
+  c.cn = std::max<int64_t>(1, (nstrips + nsplit - 1) / nsplit);
+  c.cn = std::min<int64_t>(c.cn, std::max<int64_t>(1, NC / NR));
+  c.nchunks = (nstrips + c.cn - 1) / c.cn;
+  return c;
+}
+
+// Columns [g0, g0 + gn) of C with B packed once for all threads. B is cut
+// into slices (ss strips of one KC-deep panel), each packed into a buffer
+// shared by all threads by whichever thread claims it first. One parallel_for
+// runs a packing task per slice, then the chunks of C. Nobody ever waits for a
+// slice: a chunk that needs one still being packed by another thread (say, one
+// that lost its core to another process) packs a private copy of it and goes
+// on, so the caller still waits only for chunks already started.
+template <int MR, int NV>
+void gemm_shared_b(int64_t M, int64_t g0, int64_t gn, int64_t K, const float* A, int64_t rsa, int64_t csa,
+                   const float* B, int64_t rsb, int64_t csb, float* C, int64_t ldc, int nt) {
+  constexpr int NR = NV * VW;
+  constexpr int64_t MC = MC_STRIPS * MR;
+  enum : int { kFree = 0, kPacking = 1, kReady = 2 };
+  const Chunks ch = plan_chunks<MR, NV>(M, gn, nt, kSharedChunksPerThread);
+  const int64_t nstrips = (gn + NR - 1) / NR, npad = nstrips * NR;
+  const int64_t npanels = (K + KC - 1) / KC;
+  const int64_t want = int64_t(nt) * kPackTasksPerThread;
+  const int64_t ss = std::min(nstrips, std::max<int64_t>(1, (npanels * nstrips + want - 1) / want));
+  const int64_t nslices = (nstrips + ss - 1) / ss, ptasks = npanels * nslices;
+  // Panel p (rows p * KC.. of B) starts at p * KC * npad; its strip of columns
+  // j (a multiple of NR) at + j * kc. A private copy keeps the same layout.
+  static thread_local Scratch shared;
+  float* const bshared = shared.get(size_t(npad * K));
+  std::unique_ptr<std::atomic<int>[]> state(new std::atomic<int>[size_t(ptasks)]);
+  for (int64_t i = 0; i < ptasks; ++i) state[i].store(kFree, std::memory_order_relaxed);
+  auto pack_slice = [&](int64_t p, int64_t sl, float* panel) {
+    const int64_t pc = p * KC, kc = std::min(KC, K - pc);
+    const int64_t j0 = sl * ss * NR, j1 = std::min(gn, j0 + ss * NR);
+    pack_b<NV>(kc, j1 - j0, B + pc * rsb + (g0 + j0) * csb, rsb, csb, panel + j0 * kc);
+  };
+  // Packs slice sl of panel p into the shared buffer if nobody has claimed it.
+  auto try_claim = [&](int64_t p, int64_t sl) {
+    std::atomic<int>& st = state[p * nslices + sl];
+    int expected = kFree;
+    if (!st.compare_exchange_strong(expected, kPacking, std::memory_order_acquire)) return expected == kReady;
+    pack_slice(p, sl, bshared + p * KC * npad);
+    st.store(kReady, std::memory_order_release);
+    return true;
+  };
+  parallel_for(ptasks + ch.mchunks * ch.nchunks, [&](int64_t t) {
+    if (t < ptasks) {
+      try_claim(t / nslices, t % nslices);
+      return;
+    }
+    t -= ptasks;
+    const int64_t ci = t / ch.nchunks, cj = t % ch.nchunks;
+    const int64_t m0 = ci * ch.cm * MR, m1 = std::min(M, m0 + ch.cm * MR);
+    const int64_t n0 = cj * ch.cn * NR, n1 = std::min(gn, n0 + ch.cn * NR);
+    static thread_local Scratch apack, bprivate;
+    float* ap = apack.get(size_t(round_up(std::min(MC, m1 - m0), MR) * std::min(KC, K)));
+    const bool direct_a = direct_a_for<NV>(csa, n1 - n0);
+    const int64_t sl0 = n0 / NR / ss, sl1 = (n1 - 1) / NR / ss + 1;
+    // Per slice of this chunk: the panel it is read from (shared or private).
+    const float* local_base[64];
+    std::unique_ptr<const float*[]> heap_base;
+    const float** base = local_base;
+    if (sl1 - sl0 > 64) {
+      heap_base.reset(new const float*[size_t(sl1 - sl0)]);
+      base = heap_base.get();
+    }
+    for (int64_t p = 0; p < npanels; ++p) {
+      const int64_t pc = p * KC, kc = std::min(KC, K - pc);
+      float* const panel = bshared + pc * npad;
+      for (int64_t sl = sl0; sl < sl1; ++sl) {
+        if (state[p * nslices + sl].load(std::memory_order_acquire) == kReady || try_claim(p, sl)) {
+          base[sl - sl0] = panel;
+        } else {
+          float* priv = bprivate.get(size_t(npad * std::min(KC, K)));
+          pack_slice(p, sl, priv);
+          base[sl - sl0] = priv;
+        }
+      }
+      for (int64_t jc = n0; jc < n1; jc += NC) {
+        const int64_t nc = std::min(NC, n1 - jc);
+        auto bstrip = [&](int64_t jr) {
+          const int64_t j = jc + jr;
+          return base[j / NR / ss - sl0] + j * kc;
+        };
+        gemm_panel<MR, NV>(m0, m1, g0 + jc, nc, pc, kc, direct_a, A, rsa, csa, bstrip, C, ldc, ap);
+      }
+    }
+  });
+}
+
 // Splits C into chunks of whole register tiles and hands them to the threads
 // dynamically: a thread that loses its core to another process only delays the
-// chunk it holds, the others take the rest. Chunks are at least kMinChunkStrips
-// strips tall (a chunk packs its own slices of A and B, so a thin chunk would
-// pack B over and over) and at most one MC x NC block.
+// chunk it holds, the others take the rest. When C is cut along M, B is packed
+// once into a shared buffer (gemm_shared_b), in column groups of at most
+// kSharedBFloats; otherwise (one row of chunks, or a B too deep to share) each
+// chunk packs the slices of A and B it reads itself.
 template <int MR, int NV>
 void gemm_parallel(int64_t M, int64_t N, int64_t K, const float* A, int64_t rsa, int64_t csa, const float* B,
                    int64_t rsb, int64_t csb, float* C, int64_t ldc) {
   constexpr int NR = NV * VW;
   const int64_t mstrips = (M + MR - 1) / MR, nstrips = (N + NR - 1) / NR;
-  int nt = M * N * K >= kParallelFlops ? pool_threads() : 1;
+  const int nt = M * N * K >= kParallelFlops && !in_parallel() ? pool_threads() : 1;
   if (nt == 1 || mstrips * nstrips == 1) {
     gemm_thread<MR, NV>(0, M, 0, N, K, A, rsa, csa, B, rsb, csb, C, ldc);
     return;
   }
-  // Aim for kChunksPerThread chunks per thread, splitting M first.
-  const int64_t want = int64_t(nt) * kChunksPerThread;
-  int64_t cm = std::max<int64_t>((mstrips + want - 1) / want, std::min<int64_t>(kMinChunkStrips, mstrips));
-  cm = std::min<int64_t>(cm, MC_STRIPS);
-  const int64_t mchunks = (mstrips + cm - 1) / cm;
-  const int64_t nsplit = std::max<int64_t>(1, (want + mchunks - 1) / mchunks);
-  int64_t cn = std::max<int64_t>(1, (nstrips + nsplit - 1) / nsplit);
-  cn = std::min<int64_t>(cn, std::max<int64_t>(1, NC / NR));
-  const int64_t nchunks = (nstrips + cn - 1) / cn;
-  parallel_for(mchunks * nchunks, [&](int64_t t) {
-    const int64_t ci = t / nchunks, cj = t % nchunks;
-    const int64_t m0 = ci * cm * MR, m1 = std::min(M, m0 + cm * MR);
-    const int64_t n0 = cj * cn * NR, n1 = std::min(N, n0 + cn * NR);
+  const Chunks ch = plan_chunks<MR, NV>(M, N, nt);
+  const int64_t group = kSharedBFloats / K / NR * NR;  // widest shared panel
+  if (ch.mchunks > 1 && group >= std::min(N, NC)) {
+    for (int64_t g0 = 0; g0 < N; g0 += group)
+      gemm_shared_b<MR, NV>(M, g0, std::min(group, N - g0), K, A, rsa, csa, B, rsb, csb, C, ldc, nt);
+    return;
+  }
+  parallel_for(ch.mchunks * ch.nchunks, [&](int64_t t) {
+    const int64_t ci = t / ch.nchunks, cj = t % ch.nchunks;
+    const int64_t m0 = ci * ch.cm * MR, m1 = std::min(M, m0 + ch.cm * MR);
+    const int64_t n0 = cj * ch.cn * NR, n1 = std::min(N, n0 + ch.cn * NR);
     gemm_thread<MR, NV>(m0, m1, n0, n1, K, A, rsa, csa, B, rsb, csb, C, ldc);
   });
 }

@@ -144,6 +144,7 @@ class Pool {
 }  // namespace
 
 int pool_threads() { return Pool::get().threads(); }
+bool in_parallel() { return tls_in_parallel; }
 void set_pool_threads(int n) { Pool::get().set_threads(n); }
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int max_threads) {

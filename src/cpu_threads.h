@@ -25,5 +25,8 @@ void set_pool_threads(int n);
 // rethrown in the caller once every claimed index has finished.
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int max_threads = 1 << 30);
 
+// True inside fn of a parallel_for (where a nested parallel_for runs serially).
+bool in_parallel();
+
 }  // namespace cpu
 }  // namespace needle

@@ -136,6 +136,26 @@ def test_bmm_broadcast_batch(batch, m, k, n, threads):
     check_close(from_dev(out2, (batch, m, n)), np.stack([ref_gemm(A2, B3[i]) for i in range(batch)]), k)
 
 
+@pytest.mark.parametrize("m,k,n,tb", [
+    (50, 3000, 2900, False),   # B shared in two column groups (K x N > 8M floats)
+    (300, 777, 300, True),     # shared B packed from a transposed view
+    (97, 385, 2049, False),    # ragged slices, panels and NC blocks
+    (256, 256, 256, False),    # thin chunks of C, some reading A in place
+])
+def test_gemm_shared_b_paths(m, k, n, tb, threads):
+    # With more than one thread and C cut along M, B is packed once into a
+    # buffer shared by the threads; repeated calls reuse the buffers.
+    A = RNG.standard_normal((m, k)).astype(np.float32)
+    B = RNG.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    Bv = B.T if tb else B
+    want = ref_gemm(A, Bv)
+    a, b = to_dev(A), to_dev(B)
+    for _ in range(2):
+        out = cpu.Array(m * n)
+        cpu.bmm(a, b, out, 1, m, k, n, [0, k, 1], 0, [0] + strides_of(Bv), 0)
+        check_close(from_dev(out, (m, n)), want, k)
+
+
 def test_gemm_zero_k_and_empty():
     out = cpu.Array(6)
     cpu.fill(out, 7.0)
