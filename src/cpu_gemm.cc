@@ -26,6 +26,10 @@
 #include <memory>
 #include <new>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
@@ -136,6 +140,13 @@ template <int MR, int NV>
 inline void micro_kernel_strided(int64_t kc, const float* __restrict ap, int64_t ars, int64_t acs,
                                  const float* __restrict bp, float* c, int64_t ldc, bool accumulate) {
   constexpr int NR = NV * VW;
+  // The C tile is read (or written) only after the k loop: fetch its lines
+  // now, so that the misses (C is often larger than L2) overlap the FMAs.
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    __builtin_prefetch(c + i * ldc, 1, 3);
+    __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
+  }
   vf acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -280,6 +291,8 @@ void pack_a(int64_t mc, int64_t kc, const float* a, int64_t rsa, int64_t csa, fl
 // ---------------------------------------------------------------------------
 // Per-thread scratch for the packed panels (grown on demand, never shrunk).
 // ---------------------------------------------------------------------------
+constexpr size_t kHugePage = size_t(1) << 21;
+
 struct Scratch {
   float* ptr = nullptr;
   size_t cap = 0;
@@ -289,9 +302,16 @@ struct Scratch {
       std::free(ptr);
       ptr = nullptr;
       cap = 0;
-      const size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-      ptr = static_cast<float*>(std::aligned_alloc(64, bytes));
+      // Panels of a MiB or more sit on 2 MiB pages where the kernel allows
+      // (packed B of a 2048-wide product spans thousands of 4 KiB pages).
+      const bool huge = n * sizeof(float) >= (size_t(1) << 20);
+      const size_t align = huge ? kHugePage : 64;
+      const size_t bytes = (n * sizeof(float) + align - 1) / align * align;
+      ptr = static_cast<float*>(std::aligned_alloc(align, bytes));
       if (ptr == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+      if (huge) madvise(ptr, bytes, MADV_HUGEPAGE);
+#endif
       cap = n;
     }
     return ptr;
@@ -299,6 +319,15 @@ struct Scratch {
 };
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Depth of the KC slabs for a K-deep product: as few slabs as KC allows, of
+// equal depth (a multiple of 4, at most KC), so that no thin last slab pays a
+// full pass over C for a few multiply-adds (K = 2048: 6 x 344, not 5 x 384 +
+// 128).
+int64_t kc_step(int64_t K) {
+  const int64_t slabs = (K + KC - 1) / KC;
+  return std::min(KC, round_up((K + slabs - 1) / slabs, 4));
+}
 
 // Rows [m0, m1) of C, columns [jc, jc + nc), one KC-deep slab (rows pc..pc+kc
 // of B) whose panel is already packed: bstrip(jr) is the packed kc x NR strip
@@ -365,10 +394,11 @@ template <int MR, int NV>
 void gemm_block(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K, const float* A, int64_t rsa, int64_t csa,
                 const float* B, int64_t rsb, int64_t csb, float* C, int64_t ldc, float* apack, float* bpack) {
   const bool direct_a = direct_a_for<NV>(csa, n1 - n0);
+  const int64_t ks = kc_step(K);
   for (int64_t jc = n0; jc < n1; jc += NC) {
     const int64_t nc = std::min(NC, n1 - jc);
-    for (int64_t pc = 0; pc < K; pc += KC) {
-      const int64_t kc = std::min(KC, K - pc);
+    for (int64_t pc = 0; pc < K; pc += ks) {
+      const int64_t kc = std::min(ks, K - pc);
       pack_b<NV>(kc, nc, B + pc * rsb + jc * csb, rsb, csb, bpack);
       gemm_panel<MR, NV>(m0, m1, jc, nc, pc, kc, direct_a, A, rsa, csa,
                          [bpack, kc](int64_t jr) { return bpack + jr * kc; }, C, ldc, apack);
@@ -453,18 +483,18 @@ void gemm_shared_b(int64_t M, int64_t g0, int64_t gn, int64_t K, const float* A,
   enum : int { kFree = 0, kPacking = 1, kReady = 2 };
   const Chunks ch = plan_chunks<MR, NV>(M, gn, nt, kSharedChunksPerThread);
   const int64_t nstrips = (gn + NR - 1) / NR, npad = nstrips * NR;
-  const int64_t npanels = (K + KC - 1) / KC;
+  const int64_t ks = kc_step(K), npanels = (K + ks - 1) / ks;
   const int64_t want = int64_t(nt) * kPackTasksPerThread;
   const int64_t ss = std::min(nstrips, std::max<int64_t>(1, (npanels * nstrips + want - 1) / want));
   const int64_t nslices = (nstrips + ss - 1) / ss, ptasks = npanels * nslices;
-  // Panel p (rows p * KC.. of B) starts at p * KC * npad; its strip of columns
+  // Panel p (rows p * ks.. of B) starts at p * ks * npad; its strip of columns
   // j (a multiple of NR) at + j * kc. A private copy keeps the same layout.
   static thread_local Scratch shared;
   float* const bshared = shared.get(size_t(npad * K));
   std::unique_ptr<std::atomic<int>[]> state(new std::atomic<int>[size_t(ptasks)]);
   for (int64_t i = 0; i < ptasks; ++i) state[i].store(kFree, std::memory_order_relaxed);
   auto pack_slice = [&](int64_t p, int64_t sl, float* panel) {
-    const int64_t pc = p * KC, kc = std::min(KC, K - pc);
+    const int64_t pc = p * ks, kc = std::min(ks, K - pc);
     const int64_t j0 = sl * ss * NR, j1 = std::min(gn, j0 + ss * NR);
     pack_b<NV>(kc, j1 - j0, B + pc * rsb + (g0 + j0) * csb, rsb, csb, panel + j0 * kc);
   };
@@ -473,7 +503,7 @@ void gemm_shared_b(int64_t M, int64_t g0, int64_t gn, int64_t K, const float* A,
     std::atomic<int>& st = state[p * nslices + sl];
     int expected = kFree;
     if (!st.compare_exchange_strong(expected, kPacking, std::memory_order_acquire)) return expected == kReady;
-    pack_slice(p, sl, bshared + p * KC * npad);
+    pack_slice(p, sl, bshared + p * ks * npad);
     st.store(kReady, std::memory_order_release);
     return true;
   };
@@ -499,7 +529,7 @@ void gemm_shared_b(int64_t M, int64_t g0, int64_t gn, int64_t K, const float* A,
       base = heap_base.get();
     }
     for (int64_t p = 0; p < npanels; ++p) {
-      const int64_t pc = p * KC, kc = std::min(KC, K - pc);
+      const int64_t pc = p * ks, kc = std::min(ks, K - pc);
       float* const panel = bshared + pc * npad;
       for (int64_t sl = sl0; sl < sl1; ++sl) {
         if (state[p * nslices + sl].load(std::memory_order_acquire) == kReady || try_claim(p, sl)) {

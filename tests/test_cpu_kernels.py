@@ -156,6 +156,19 @@ def test_gemm_shared_b_paths(m, k, n, tb, threads):
         check_close(from_dev(out, (m, n)), want, k)
 
 
+@pytest.mark.parametrize("k", [383, 385, 766, 769, 1025, 2047, 2050])
+@pytest.mark.parametrize("m,n", [(37, 45), (150, 96)])
+def test_gemm_equal_depth_slabs(m, n, k, threads):
+    # K is cut into slabs of equal depth (a multiple of 4, at most KC): the
+    # last slab is shorter when the depth does not divide K; packed B panels
+    # (private and shared) sit at multiples of that depth.
+    A = RNG.standard_normal((m, k)).astype(np.float32)
+    B = RNG.standard_normal((k, n)).astype(np.float32)
+    out = cpu.Array(m * n)
+    cpu.matmul(to_dev(A), to_dev(B), out, m, k, n)
+    check_close(from_dev(out, (m, n)), ref_gemm(A, B), k)
+
+
 def test_gemm_zero_k_and_empty():
     out = cpu.Array(6)
     cpu.fill(out, 7.0)
