@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -12,6 +14,9 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
 #endif
 
 namespace needle {
@@ -34,6 +39,44 @@ struct Job {
 };
 
 thread_local bool tls_in_parallel = false;
+
+constexpr int kDefaultSpinUs = 100;
+
+int spin_us_from_env() {
+  const char* env = std::getenv("NEEDLE_SPIN_US");
+  if (!env || !*env) return kDefaultSpinUs;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  if (*end != '\0' || v < 0) return kDefaultSpinUs;
+  return int(std::min<long>(v, 1000000));
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Polls ready() for up to us microseconds, pausing between polls; with
+// yield_core, also yields the core every few microseconds to any other
+// runnable thread on it (another process's, say). Returns ready()'s last value.
+template <class Ready>
+bool spin_until(Ready ready, int us, bool yield_core) {
+  if (ready()) return true;
+  if (us <= 0) return false;
+  using clock = std::chrono::steady_clock;
+  const auto deadline = clock::now() + std::chrono::microseconds(us);
+  for (;;) {
+    for (int i = 0; i < 32; ++i) {
+      cpu_relax();
+      if (ready()) return true;
+    }
+    if (clock::now() >= deadline) return ready();
+    if (yield_core) std::this_thread::yield();
+  }
+}
 
 void run_indices(Job& job) {
   const bool was = tls_in_parallel;
@@ -66,6 +109,8 @@ class Pool {
 
   int threads() const { return threads_.load(std::memory_order_relaxed); }
   void set_threads(int n) { threads_.store(std::max(1, n), std::memory_order_relaxed); }
+  int spin_us() const { return spin_us_.load(std::memory_order_relaxed); }
+  void set_spin_us(int us) { spin_us_.store(std::max(0, us), std::memory_order_relaxed); }
 
   void run(int64_t n, const std::function<void(int64_t)>& fn, int max_threads) {
     const int nt = int(std::min<int64_t>({int64_t(threads()), int64_t(max_threads), n}));
@@ -83,17 +128,23 @@ class Pool {
     job->fn = &fn;
     job->n = n;
     job->max_workers = nt - 1;
+    bool sleeping;
     {
       std::lock_guard<std::mutex> lock(mu_);
       grow(nt - 1);
       job_ = job;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
+      sleeping = sleepers_ > 0;
     }
-    wake_.notify_all();
+    // Workers still polling (see worker_loop) pick the job up without a wake.
+    if (sleeping) wake_.notify_all();
     run_indices(*job);
-    {
+    const auto all_done = [&] { return job->done.load(std::memory_order_acquire) >= job->n; };
+    // No yielding here: a yielded core can stay with another process for a
+    // whole time slice, while a thread that blocks is woken promptly.
+    if (!spin_until(all_done, spin_us(), false)) {
       std::unique_lock<std::mutex> lock(job->mu);
-      job->finished.wait(lock, [&] { return job->done.load(std::memory_order_acquire) >= job->n; });
+      job->finished.wait(lock, all_done);
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -109,6 +160,7 @@ class Pool {
 #else
     threads_ = 1;
 #endif
+    spin_us_ = spin_us_from_env();
   }
 
   void grow(int workers) {  // mu_ held
@@ -118,14 +170,21 @@ class Pool {
     }
   }
 
+  // Between jobs a worker polls for the next one for spin_us(), then sleeps.
   void worker_loop() {
     uint64_t seen = 0;
     for (;;) {
+      const auto posted = [&] { return generation_.load(std::memory_order_acquire) != seen; };
+      spin_until(posted, spin_us(), true);
       std::shared_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
+        if (!posted()) {
+          ++sleepers_;
+          wake_.wait(lock, posted);
+          --sleepers_;
+        }
+        seen = generation_.load(std::memory_order_relaxed);
         job = job_;
       }
       if (job && job->joined.fetch_add(1, std::memory_order_relaxed) < job->max_workers) run_indices(*job);
@@ -133,10 +192,12 @@ class Pool {
   }
 
   std::atomic<int> threads_{1};
+  std::atomic<int> spin_us_{kDefaultSpinUs};
   std::mutex call_mu_;
   std::mutex mu_;
   std::condition_variable wake_;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};  // bumped (under mu_) per job posted
+  int sleepers_ = 0;                     // workers blocked on wake_ (under mu_)
   std::shared_ptr<Job> job_;
   std::vector<std::thread> workers_;
 };
@@ -146,6 +207,8 @@ class Pool {
 int pool_threads() { return Pool::get().threads(); }
 bool in_parallel() { return tls_in_parallel; }
 void set_pool_threads(int n) { Pool::get().set_threads(n); }
+int pool_spin_us() { return Pool::get().spin_us(); }
+void set_pool_spin_us(int us) { Pool::get().set_spin_us(us); }
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int max_threads) {
   if (n <= 0) return;

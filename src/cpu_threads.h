@@ -2,12 +2,23 @@
 //
 // parallel_for(n, fn) runs fn(i) for i in [0, n): the calling thread and the
 // pool's workers claim indices from one atomic counter. Waiting is passive
-// (condition variables, no spinning), and the caller never waits for a worker
-// to show up: it waits only for indices a worker has already claimed. A worker
+// (condition variables) after a short, bounded spin, and the caller never
+// waits for a worker to show up: it waits only for indices a worker has
+// already claimed. A worker
 // whose core is taken by another process therefore costs at most the chunk it
 // holds, never the whole call (the fork/join barrier of an OpenMP team waits
 // for every thread, which on a busy 2-core machine turned 2-thread runs 10-100x
 // slower than 1-thread ones).
+//
+// Spin before sleeping: waking a thread that sleeps in the kernel can take a
+// millisecond or more on a virtual machine (longer than a whole 512^3 GEMM),
+// so an idle worker first polls for the next job for NEEDLE_SPIN_US
+// microseconds (default 100; 0 = sleep at once), pausing (_mm_pause) and
+// yielding its core to any other runnable thread as it goes, and only then
+// blocks. The caller likewise polls for that long before it blocks waiting for
+// the chunks workers hold. Back-to-back calls thus find their workers awake,
+// while a process that wants the core loses at most that much per call, and
+// idle CPU use drops to zero that long after the last call.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -24,6 +35,11 @@ void set_pool_threads(int n);
 // another parallel_for (no nesting). The first exception thrown by fn is
 // rethrown in the caller once every claimed index has finished.
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int max_threads = 1 << 30);
+
+// Microseconds idle threads poll before they block (NEEDLE_SPIN_US at start;
+// default 100, 0 = block at once).
+int pool_spin_us();
+void set_pool_spin_us(int us);
 
 // True inside fn of a parallel_for (where a nested parallel_for runs serially).
 bool in_parallel();

@@ -189,6 +189,55 @@ def test_kernel_name():
     assert isinstance(cpu.sgemm_kernel_name(), str) and cpu.sgemm_kernel_name()
 
 
+def _run_with_spin(spin, body):
+    # Runs body in a fresh process whose NEEDLE_SPIN_US is spin, with `cpu`
+    # loaded from this module's build and set to 2 threads; returns stdout.
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util, time, numpy as np\n"
+        f"spec = importlib.util.spec_from_file_location('ndarray_backend_cpu', {cpu.__file__!r})\n"
+        "cpu = importlib.util.module_from_spec(spec); spec.loader.exec_module(cpu)\n"
+        "cpu.set_num_threads(2)\n"
+        "rng = np.random.default_rng(1)\n"
+    ) + body
+    env = dict(os.environ, NEEDLE_SPIN_US=spin)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_idle_workers_stop_spinning():
+    # Idle workers poll for the next job for NEEDLE_SPIN_US (default 100 us),
+    # then sleep: a process idle after 2-thread calls uses no CPU. (In a fresh
+    # process: other libraries' thread pools may still be spinning here.)
+    body = (
+        "m = 256\n"
+        "a, b, c = cpu.Array(m * m), cpu.Array(m * m), cpu.Array(m * m)\n"
+        "for _ in range(20): cpu.matmul(a, b, c, m, m, m)\n"
+        "time.sleep(0.05)\n"
+        "t0 = time.process_time(); time.sleep(0.3); print(time.process_time() - t0)\n"
+    )
+    assert float(_run_with_spin(os.environ.get("NEEDLE_SPIN_US", ""), body)) < 0.05
+
+
+@pytest.mark.parametrize("spin", ["0", "1", "5000", "junk"])
+def test_spin_setting_from_environment(spin):
+    # NEEDLE_SPIN_US: 0 = workers and caller block at once; results must not
+    # depend on it (nor break on a value that is not a number).
+    body = (
+        "for m, k, n in [(300, 200, 260), (64, 64, 64), (513, 129, 257)]:\n"
+        "    A = rng.standard_normal((m, k)).astype(np.float32); B = rng.standard_normal((k, n)).astype(np.float32)\n"
+        "    a, b, c = cpu.Array(m * k), cpu.Array(k * n), cpu.Array(m * n)\n"
+        "    cpu.from_numpy(A.ravel(), a); cpu.from_numpy(B.ravel(), b)\n"
+        "    for _ in range(3):\n"
+        "        cpu.matmul(a, b, c, m, k, n)\n"
+        "        np.testing.assert_allclose(cpu.to_numpy(c, (m, n), (n, 1), 0), A @ B, rtol=1e-4, atol=1e-3)\n"
+    )
+    _run_with_spin(spin, body)
+
+
 def test_threads_setting_round_trips():
     before = cpu.get_num_threads()
     cpu.set_num_threads(2)
