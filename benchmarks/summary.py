@@ -38,7 +38,12 @@ def main(path):
         for threads in (1, 2):
             hits = [e for e in results if e["section"] == section and e["threads"] == threads
                     and e["name"].startswith(prefix) and "settled" not in e["name"]]
-            cells.append(fmt(hits[0], ref) if hits else "")
+            cell = fmt(hits[0], ref) if hits else ""
+            settled = [e for e in results if e["section"] == section and e["threads"] == threads
+                       and e["name"] == prefix + " settled"]
+            if settled:
+                cell += f" (settled {fmt(settled[0], ref)})"
+            cells.append(cell)
         print(f"| {prefix} | {ref} | {cells[0]} | {cells[1]} |")
     conv = [e for e in results if e["section"] == "conv" and e["name"].startswith("fwd+bwd") and e["threads"] == 1]
     if conv:
