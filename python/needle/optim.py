@@ -296,7 +296,7 @@ class LRScheduler:
         self.step()
 
     def get_lr(self, epoch):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define get_lr (abstract)")
 
     def step(self):
         self.last_epoch += 1

@@ -4,7 +4,7 @@ import numpy as np
 
 class Transform:
     def __call__(self, x):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define __call__ (abstract)")
 
 
 def _check_hwc(img, name):

@@ -71,10 +71,10 @@ class _Norm(TensorOp):
 
     # 2-D views of backend arrays and back
     def view2d(self, a):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define view2d (abstract)")
 
     def unview(self, a2, shape):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define unview (abstract)")
 
     def compute(self, x, w, b):
         _check(self.name, x, w, b)
