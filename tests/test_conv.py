@@ -70,6 +70,10 @@ def test_conv_full_grid_matches_torch(device):
         ((2, 6, 6), 2, 2, 0, 1, 1),  # even kernel
         ((2, 13, 10), 7, 4, 3, 1, 1),  # polyphase dX, 16 phases, H and W not multiples of the stride
         ((2, 9, 9), (5, 2), (3, 2), (2, 1), 1, 2),  # polyphase dX with groups and per-axis stride
+        ((2, 1, 2), 3, 1, 2, 1, 2),  # taps and output rows that read only padding are skipped
+        ((1, 2, 3), 3, 3, 3, 1, 1),  # stride > input: a dead tap between live ones
+        ((2, 3, 3), 3, 2, (4, 3), 2, 1),  # dilated kernel, padding wider than the input
+        ((2, 1, 1), (3, 5), 1, (1, 2), 1, 1),  # ResNet9's last 3x3 convs on a 1x1 map
     ],
 )
 def test_conv_odd_cases_match_torch(device, shape, kernel, stride, padding, dilation, groups):
@@ -115,7 +119,7 @@ def test_conv_of_non_compact_input(device):
 
 
 @pytest.mark.parametrize("device", ND_DEVICES)
-@pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 1, 1, 1), (2, 0, 2, 2), (3, 2, 1, 1)])
+@pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 1, 1, 1), (2, 0, 2, 2), (3, 2, 1, 1), (1, 3, 1, 2)])
 def test_conv_grad_of_grad_matches_torch(device, stride, padding, dilation, groups):
     """Second derivatives: the adjoints are convs, so they differentiate again."""
     np.random.seed(4)

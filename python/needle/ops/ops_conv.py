@@ -60,6 +60,24 @@ def _windows(x, kernel, stride, dilation, group_split=1):
     return B.as_strided(x, shape, strides)
 
 
+def _live(n, k, s, d, p, n_out):
+    """One axis of a conv on ``n`` input rows with top padding ``p`` (negative crops) and ``n_out``
+    outputs: (first, last) tap and (first, last) output that touch a real input row
+    (tap j of output o reads padded row o s + j d, real when p <= o s + j d < p + n);
+    None when no tap does. The bounds are exact; a dead tap or output strictly between
+    them (only possible when n < s) is kept and just multiplies zeros."""
+    taps, outs = [], []
+    for j in range(k):
+        lo = max(0, -((j * d - p) // s))  # ceil((p - j d) / s)
+        hi = min(n_out - 1, (p + n - 1 - j * d) // s)
+        if lo <= hi:
+            taps.append(j)
+            outs.append((lo, hi))
+    if not taps:
+        return None
+    return taps[0], taps[-1], min(o[0] for o in outs), max(o[1] for o in outs)
+
+
 def _dx_axis(n, n_out, k, s, d, p):
     """One spatial axis of the dX convolution (see Conv): (taps L, left and right zero padding
     of the kernel before it is split into s phases, (pad_lo, pad_hi) of G), or None when
@@ -160,9 +178,34 @@ class Conv(TensorOp):
 
     def compute(self, X, W):
         self._check(X, W)
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        (pt, pb), (pl, pr) = self.padding
+        N, H, Wd, _ = X.shape
+        kh, kw, _, Cout = W.shape
+        Ho = _out_size(H + pt + pb, kh, sh, dh)
+        Wo = _out_size(Wd + pl + pr, kw, sw, dw)
+        live = (_live(H, kh, sh, dh, pt, Ho), _live(Wd, kw, sw, dw, pl, Wo))
+        if None in live:  # every tap reads padding only
+            return B.full((N, Ho, Wo, Cout), 0.0, X)
+        (ka, kb, oa, ob), (la, lb, qa, qb) = live
+        if (ka, kb, oa, ob, la, lb, qa, qb) == (0, kh - 1, 0, Ho - 1, 0, kw - 1, 0, Wo - 1):
+            return self._compute(X, W, self.padding)
+        # Taps that only ever read padding and output rows/columns whose whole window is padding
+        # contribute exact zeros: convolve the live block only, then zero-pad the output.
+        if (ka, kb, la, lb) != (0, kh - 1, 0, kw - 1):
+            W = W[ka : kb + 1, la : lb + 1]
+        top, left = pt - ka * dh - oa * sh, pl - la * dw - qa * sw
+        bottom = dh * (kb - ka) + 1 + sh * (ob - oa) - H - top
+        right = dw * (lb - la) + 1 + sw * (qb - qa) - Wd - left
+        out = self._compute(X, W, ((top, bottom), (left, right)))
+        if (oa, ob, qa, qb) != (0, Ho - 1, 0, Wo - 1):
+            out = B.pad(out, ((0, 0), (oa, Ho - 1 - ob), (qa, Wo - 1 - qb), (0, 0)))
+        return out
+
+    def _compute(self, X, W, padding):
         kh, kw, Cg, Cout = W.shape
         g = self.groups
-        X = _pad_or_crop(X, self.padding)
+        X = _pad_or_crop(X, padding)
         view = _windows(X, (kh, kw), self.stride, self.dilation, group_split=g)
         N, Ho, Wo = view.shape[:3]
         M, K = N * Ho * Wo, kh * kw * Cg
@@ -198,8 +241,9 @@ class Conv(TensorOp):
         Wp = W
         if lh or rh or lw or rw:
             Wp = pad(W, ((lh, rh), (lw, rw), (0, 0), (0, 0)))
-        Wp = flip(reshape(Wp, (Lh, sh, Lw, sw, Cg, g, Cout // g)), (0, 2))
-        Wp = reshape(permute(Wp, (0, 2, 6, 5, 1, 3, 4)), (Lh, Lw, Cout // g, g * sh * sw * Cg))
+        # Permute first (a view), then flip: the flip's one copy lands in the final layout.
+        Wp = permute(reshape(Wp, (Lh, sh, Lw, sw, Cg, g, Cout // g)), (0, 2, 6, 5, 1, 3, 4))
+        Wp = reshape(flip(Wp, (0, 1)), (Lh, Lw, Cout // g, g * sh * sw * Cg))
         dil = (dh if sh == 1 else 1, dw if sw == 1 else 1)
         Y = Conv(stride=1, padding=(pad_h, pad_w), dilation=dil, groups=g)(G, Wp)
         if sh == sw == 1:
