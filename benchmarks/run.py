@@ -269,19 +269,26 @@ def bench_conv(ctx, threads):
 
 
 # ---- training steps ---------------------------------------------------------------
-def torch_resnet9(torch):
-    nn = torch.nn
+def torch_residual(torch):
+    """PyTorch twin of needle's nn.Residual: f(x) + x."""
 
-    def cbn(a, b, k, s):
-        return nn.Sequential(nn.Conv2d(a, b, k, s, k // 2), nn.BatchNorm2d(b), nn.ReLU())
-
-    class Res(nn.Module):
+    class Res(torch.nn.Module):
         def __init__(self, f):
             super().__init__()
             self.f = f
 
         def forward(self, x):
             return self.f(x) + x
+
+    return Res
+
+
+def torch_resnet9(torch):
+    nn = torch.nn
+    Res = torch_residual(torch)
+
+    def cbn(a, b, k, s):
+        return nn.Sequential(nn.Conv2d(a, b, k, s, k // 2), nn.BatchNorm2d(b), nn.ReLU())
 
     return nn.Sequential(cbn(3, 16, 7, 4), cbn(16, 32, 3, 2), Res(nn.Sequential(cbn(32, 32, 3, 1), cbn(32, 32, 3, 1))),
                          cbn(32, 64, 3, 2), cbn(64, 128, 3, 2),
@@ -291,14 +298,7 @@ def torch_resnet9(torch):
 
 def torch_mlp_resnet(torch, dim=784, hidden=100, blocks=3, classes=10, drop=0.1):
     nn = torch.nn
-
-    class Res(nn.Module):
-        def __init__(self, f):
-            super().__init__()
-            self.f = f
-
-        def forward(self, x):
-            return self.f(x) + x
+    Res = torch_residual(torch)
 
     def block(d, h):
         return nn.Sequential(Res(nn.Sequential(nn.Linear(d, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(drop),

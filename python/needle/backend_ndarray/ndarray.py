@@ -322,14 +322,7 @@ class NDArray:
 
     def compact(self):
         """Self if compact, else a compact copy."""
-        if self._offset == 0 and self._strides == _compact_strides(self._shape) and (
-            math.prod(self._shape) == self._handle.size
-        ):
-            return self
-        out = _alloc(self._shape, self._device)
-        if out.size:
-            self.device.compact(self._handle, out._handle, list(self.shape), list(self.strides), self._offset)
-        return out
+        return self if self.is_compact() else self.copy()
 
     def copy(self):
         out = _alloc(self._shape, self._device)
