@@ -2,32 +2,94 @@
 
 The compiled modules (``ndarray_backend_cpu``, ``ndarray_backend_cuda``) export
 exactly these names with these signatures; ``tests/test_backend_table.py``
-checks that. Buffers are flat float32; shapes, strides and offsets are in
-elements, strides may be negative (flip) or zero (broadcast).
+checks that. Buffers are flat and typed (``Array(size, dtype)``, the dtypes of
+``dtypes.DTYPES``); shapes, strides and offsets are in elements, strides may
+be negative (flip) or zero (broadcast).
+
+Dtype rules shared by every backend:
+- Operands of one call have one dtype unless a function says otherwise (the
+  NDArray layer promotes and casts first); comparisons write ``bool``.
+- float16 and bfloat16 compute in float32 and round once on the store.
+- ``log/exp/tanh`` and ``div`` take floating dtypes only; ``power`` on integers
+  rejects negative exponents; ``bool`` has no ``div``, ``power`` or ``matmul``.
+- Sums of floating dtypes keep their dtype (halves accumulate in float32); sums of
+  integers and bools are int64.
+- A wrong dtype is a TypeError naming the function and the dtypes.
 """
 import numpy as np
+
+from .dtypes import DTYPES, FLOATING, HALF, INTEGRAL, to_numpy_dtype
 
 __device_name__ = "numpy"
 __tile_size__ = 8
 
-_DTYPE = np.float32
-
 
 class Array:
-    """A flat float32 buffer of ``size`` elements."""
+    """A flat buffer of ``size`` elements of ``dtype`` (a name from dtypes.DTYPES)."""
 
-    def __init__(self, size):
+    def __init__(self, size, dtype="float32"):
         size = int(size)
         if size < 0:
             raise ValueError(f"Array size must be >= 0, got {size}")
-        self.array = np.empty(size, dtype=_DTYPE)
+        if dtype not in DTYPES:
+            raise TypeError(f"Array: unsupported dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+        self.dtype = dtype
+        self.array = np.empty(size, dtype=to_numpy_dtype(dtype))
 
     @property
     def size(self):
         return self.array.size
 
+    @property
+    def itemsize(self):
+        return self.array.itemsize
+
     def ptr(self):
         return self.array.ctypes.data
+
+
+# ---- dtype checks (src/common/checks.h holds the same rules for the compiled modules) ----
+def _same_dtype(fn, *bufs):
+    dts = [b.dtype for b in bufs]
+    if len(set(dts)) > 1:
+        raise TypeError(f"{fn}: buffers of dtypes {', '.join(dts)} must share one dtype")
+    return dts[0]
+
+
+def _need(fn, dtype, allowed, what):
+    if dtype not in allowed:
+        raise TypeError(f"{fn}: {what}, got {dtype}")
+
+
+def _need_dtype(fn, buf, dtype):
+    if buf.dtype != dtype:
+        raise TypeError(f"{fn}: out must be {dtype}, got {buf.dtype}")
+
+
+_NUMERIC = frozenset(DTYPES) - {"bool"}
+_FUSED = frozenset({"float32", "float64"})
+
+
+def _acc(dtype):
+    """The numpy dtype arithmetic runs in: float32 for the halves, the dtype otherwise."""
+    return np.float32 if dtype in HALF else to_numpy_dtype(dtype)
+
+
+def _x(a):
+    """a's elements in the compute dtype."""
+    return a.array.astype(np.float32) if a.dtype in HALF else a.array
+
+
+def _store(out, values):
+    """Write values (any dtype) into out with out's dtype; float -> int casts follow numpy."""
+    with np.errstate(all="ignore"):
+        out.array[:] = values
+
+
+def _cast_scalar(val, dtype):
+    """A Python scalar as a value of the compute dtype of ``dtype`` (ints truncate like numpy)."""
+    with np.errstate(all="ignore"):
+        return np.array([val]).astype(to_numpy_dtype(dtype)).astype(_acc(dtype))[0]
 
 
 def _view(a, shape, strides, offset):
@@ -35,34 +97,49 @@ def _view(a, shape, strides, offset):
     item = a.array.itemsize
     base = a.array[offset:] if offset else a.array
     if len(shape) and 0 in shape:
-        return np.empty(tuple(shape), dtype=_DTYPE)
-    return np.lib.stride_tricks.as_strided(
-        base, tuple(shape), tuple(int(s) * item for s in strides)
-    )
+        return np.empty(tuple(shape), dtype=a.array.dtype)
+    return np.lib.stride_tricks.as_strided(base, tuple(shape), tuple(int(s) * item for s in strides))
 
 
 def to_numpy(a, shape, strides, offset):
-    return np.array(_view(a, shape, strides, offset), dtype=_DTYPE, copy=True)
+    """A new numpy array of a's dtype (bfloat16: ml_dtypes.bfloat16) holding the view."""
+    return np.array(_view(a, shape, strides, offset), copy=True)
 
 
 def from_numpy(a, out):
-    flat = np.ascontiguousarray(a, dtype=_DTYPE).reshape(-1)
+    """a is a numpy array of out's dtype with out.size elements (any layout)."""
+    if a.dtype != out.array.dtype:
+        raise TypeError(f"from_numpy: source dtype {a.dtype} differs from the buffer's {out.dtype}")
+    flat = np.ascontiguousarray(a).reshape(-1)
     if flat.size != out.size:
         raise ValueError(f"from_numpy: source has {flat.size} elements, buffer has {out.size}")
     out.array[:] = flat
 
 
 def fill(out, val):
-    out.array[:] = val
+    """Every element of out = val converted to out's dtype."""
+    out.array[:] = _cast_scalar(val, out.dtype)
+
+
+def astype(a, out):
+    """a and out compact, same size: out = a converted to out's dtype (numpy's casts:
+    float -> int truncates, NaN and out-of-range values give what numpy gives on x86-64;
+    bfloat16 converts like the float32 it widens to)."""
+    if a.size != out.size:
+        raise ValueError(f"astype: input has {a.size} elements, out has {out.size}")
+    src = a.array.astype(np.float32) if a.dtype == "bfloat16" and out.dtype not in FLOATING else a.array
+    _store(out, src.astype(out.array.dtype) if out.dtype != "bfloat16" else src)
 
 
 def compact(a, out, shape, strides, offset):
     """a is strided (shape, strides, offset); out is compact with prod(shape) elements."""
+    _same_dtype("compact", a, out)
     out.array[:] = _view(a, shape, strides, offset).reshape(-1)
 
 
 def ewise_setitem(a, out, shape, strides, offset):
     """a is compact with prod(shape) elements; writes into the strided view of out."""
+    _same_dtype("ewise_setitem", a, out)
     n = int(np.prod(shape)) if len(shape) else 1
     if n == 0:
         return
@@ -73,81 +150,154 @@ def ewise_setitem(a, out, shape, strides, offset):
 def scalar_setitem(size, val, out, shape, strides, offset):
     if size == 0:
         return
-    _view(out, shape, strides, offset)[...] = val
+    _view(out, shape, strides, offset)[...] = _cast_scalar(val, out.dtype)
+
+
+# ---- elementwise --------------------------------------------------------------
+def _binary(fn, a, b, out, f, allowed=_NUMERIC | {"bool"}, what="needs a numeric dtype"):
+    dt = _same_dtype(fn, a, b, out)
+    _need(fn, dt, allowed, what)
+    with np.errstate(all="ignore"):
+        _store(out, f(_x(a), _x(b)))
+
+
+def _with_scalar(fn, a, val, out, f, allowed=_NUMERIC | {"bool"}, what="needs a numeric dtype"):
+    dt = _same_dtype(fn, a, out)
+    _need(fn, dt, allowed, what)
+    with np.errstate(all="ignore"):
+        _store(out, f(_x(a), _cast_scalar(val, dt)))
+
+
+def _compare(fn, a, b, out, f):
+    _same_dtype(fn, a, b)
+    _need_dtype(fn, out, "bool")
+    out.array[:] = f(_x(a), _x(b))
+
+
+def _compare_scalar(fn, a, val, out, f):
+    _need_dtype(fn, out, "bool")
+    out.array[:] = f(_x(a), _cast_scalar(val, a.dtype))
+
+
+def _int_power(x, y):
+    if np.any(y < 0):
+        raise ValueError("power: integers to negative integer powers are not allowed")
+    return np.power(x, y)
+
+
+def _power(x, y):
+    return _int_power(x, y) if x.dtype.kind in "iu" else np.power(x, y)
+
+
+_FLOAT_ONLY = dict(allowed=FLOATING, what="needs a floating dtype")
+_NO_BOOL = dict(allowed=_NUMERIC, what="needs a numeric (not bool) dtype")
 
 
 def ewise_add(a, b, out):
-    out.array[:] = a.array + b.array
+    _binary("ewise_add", a, b, out, np.add)
 
 
 def scalar_add(a, val, out):
-    out.array[:] = a.array + val
+    _with_scalar("scalar_add", a, val, out, np.add)
 
 
 def ewise_mul(a, b, out):
-    out.array[:] = a.array * b.array
+    _binary("ewise_mul", a, b, out, np.multiply)
 
 
 def scalar_mul(a, val, out):
-    out.array[:] = a.array * val
+    _with_scalar("scalar_mul", a, val, out, np.multiply)
 
 
 def ewise_div(a, b, out):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out.array[:] = a.array / b.array
+    _binary("ewise_div", a, b, out, np.divide, **_FLOAT_ONLY)
 
 
 def scalar_div(a, val, out):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out.array[:] = a.array / np.float32(val)
+    _with_scalar("scalar_div", a, val, out, np.divide, **_FLOAT_ONLY)
 
 
 def ewise_power(a, b, out):
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out.array[:] = np.power(a.array, b.array)
+    _binary("ewise_power", a, b, out, _power, **_NO_BOOL)
 
 
 def scalar_power(a, val, out):
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out.array[:] = np.power(a.array, np.float32(val))
+    _with_scalar("scalar_power", a, val, out, _power, **_NO_BOOL)
 
 
 def ewise_maximum(a, b, out):
-    out.array[:] = np.maximum(a.array, b.array)
+    _binary("ewise_maximum", a, b, out, np.maximum)
 
 
 def scalar_maximum(a, val, out):
-    out.array[:] = np.maximum(a.array, np.float32(val))
+    _with_scalar("scalar_maximum", a, val, out, np.maximum)
 
 
 def ewise_eq(a, b, out):
-    out.array[:] = a.array == b.array
+    _compare("ewise_eq", a, b, out, np.equal)
 
 
 def scalar_eq(a, val, out):
-    out.array[:] = a.array == np.float32(val)
+    _compare_scalar("scalar_eq", a, val, out, np.equal)
+
+
+def ewise_ne(a, b, out):
+    _compare("ewise_ne", a, b, out, np.not_equal)
+
+
+def scalar_ne(a, val, out):
+    _compare_scalar("scalar_ne", a, val, out, np.not_equal)
+
+
+def ewise_lt(a, b, out):
+    _compare("ewise_lt", a, b, out, np.less)
+
+
+def scalar_lt(a, val, out):
+    _compare_scalar("scalar_lt", a, val, out, np.less)
+
+
+def ewise_le(a, b, out):
+    _compare("ewise_le", a, b, out, np.less_equal)
+
+
+def scalar_le(a, val, out):
+    _compare_scalar("scalar_le", a, val, out, np.less_equal)
+
+
+def ewise_gt(a, b, out):
+    _compare("ewise_gt", a, b, out, np.greater)
+
+
+def scalar_gt(a, val, out):
+    _compare_scalar("scalar_gt", a, val, out, np.greater)
 
 
 def ewise_ge(a, b, out):
-    out.array[:] = a.array >= b.array
+    _compare("ewise_ge", a, b, out, np.greater_equal)
 
 
 def scalar_ge(a, val, out):
-    out.array[:] = a.array >= np.float32(val)
+    _compare_scalar("scalar_ge", a, val, out, np.greater_equal)
+
+
+def _unary(fn, a, out, f):
+    dt = _same_dtype(fn, a, out)
+    _need(fn, dt, FLOATING, "needs a floating dtype")
+    with np.errstate(all="ignore"):
+        _store(out, f(_x(a)))
 
 
 def ewise_log(a, out):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out.array[:] = np.log(a.array)
+    _unary("ewise_log", a, out, np.log)
 
 
 def ewise_exp(a, out):
-    with np.errstate(over="ignore"):
-        out.array[:] = np.exp(a.array)
+    _unary("ewise_exp", a, out, np.exp)
 
 
 def ewise_tanh(a, out):
-    out.array[:] = np.tanh(a.array)
+    _unary("ewise_tanh", a, out, np.tanh)
 
 
 _ROW_FUNCS = {"add": np.add, "mul": np.multiply, "div": np.divide}
@@ -159,19 +309,44 @@ def ewise_rows(op, full, row, row_offset, out, cols, swap):
     compact gets op(full, row), or op(row, full) when swap. op is "add", "mul" or "div"."""
     if op not in _ROW_FUNCS:
         raise ValueError(f"ewise_rows: unknown op {op}")
+    dt = _same_dtype("ewise_rows", full, row, out)
+    if op == "div":
+        _need("ewise_rows", dt, FLOATING, "div needs a floating dtype")
     if full.size != out.size:
         raise ValueError(f"ewise_rows: input has {full.size} elements, out has {out.size}")
     if cols < 1 or full.size % cols or row_offset < 0 or row_offset + cols > row.size:
         raise ValueError(f"ewise_rows: bad row broadcast (cols {cols})")
-    x = full.array.reshape(-1, cols)
-    y = row.array[row_offset : row_offset + cols]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out.array.reshape(-1, cols)[...] = _ROW_FUNCS[op](y, x) if swap else _ROW_FUNCS[op](x, y)
+    x = _x(full).reshape(-1, cols)
+    y = _x(row)[row_offset : row_offset + cols]
+    with np.errstate(all="ignore"):
+        res = _ROW_FUNCS[op](y, x) if swap else _ROW_FUNCS[op](x, y)
+        out.array.reshape(-1, cols)[...] = res
+
+
+def _check_matmul(fn, a, b, out):
+    dt = _same_dtype(fn, a, b, out)
+    _need(fn, dt, _NUMERIC, "needs a numeric (not bool) dtype")
+    return dt
+
+
+def _product(dt, x, y):
+    """x @ y in dt's arithmetic: halves multiply in float32, integers wrap like C."""
+    if dt in HALF:
+        return np.matmul(x.astype(np.float32), y.astype(np.float32))
+    if dt in INTEGRAL:
+        return np.matmul(x.astype(np.int64), y.astype(np.int64))
+    return np.matmul(x, y)
 
 
 def matmul(a, b, out, m, n, p):
     """a is (m, n) compact, b is (n, p) compact, out is (m, p) compact."""
-    out.array[: m * p] = (a.array[: m * n].reshape(m, n) @ b.array[: n * p].reshape(n, p)).reshape(-1)
+    dt = _check_matmul("matmul", a, b, out)
+    _store_part(out, m * p, _product(dt, a.array[: m * n].reshape(m, n), b.array[: n * p].reshape(n, p)))
+
+
+def _store_part(out, n, values):
+    with np.errstate(all="ignore"):
+        out.array[:n] = values.reshape(-1)
 
 
 def bmm(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset):
@@ -181,9 +356,10 @@ def bmm(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset):
     b is (batch, n, p) likewise, out is (batch, m, p) compact. A zero batch
     stride broadcasts one operand across the batch.
     """
+    dt = _check_matmul("bmm", a, b, out)
     av = _view(a, (batch, m, n), a_strides, a_offset)
     bv = _view(b, (batch, n, p), b_strides, b_offset)
-    out.array[: batch * m * p] = np.matmul(av, bv).reshape(-1)
+    _store_part(out, batch * m * p, _product(dt, av, bv))
 
 
 def bmm_naive(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset):
@@ -191,37 +367,69 @@ def bmm_naive(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offse
     bmm(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset)
 
 
+def _sum_dtype(dt):
+    """The dtype of a sum of dt: int64 for integers and bool, dt for floating types."""
+    return dt if dt in FLOATING else "int64"
+
+
+def _check_reduce(fn, a, out, reduce_size, out_dtype):
+    _need_dtype(fn, out, out_dtype)
+    if reduce_size < 1:
+        raise ValueError(f"{fn}: reduce_size must be >= 1")
+    if a.size < out.size * reduce_size:
+        raise ValueError(f"{fn}: input has {a.size} elements, need {out.size} x {reduce_size}")
+
+
 def reduce_max(a, out, reduce_size):
-    """a is compact (out.size * reduce_size); reduces contiguous runs of reduce_size."""
+    """a is compact (out.size * reduce_size); reduces contiguous runs of reduce_size.
+    out has a's dtype (bool: any); NaN propagates."""
+    _check_reduce("reduce_max", a, out, reduce_size, a.dtype)
     n = out.size
     out.array[:] = a.array[: n * reduce_size].reshape(n, reduce_size).max(axis=1)
 
 
 def reduce_sum(a, out, reduce_size):
+    """Sums of contiguous runs; out is a's dtype for floating types (halves accumulate in
+    float32), int64 for integers and bool."""
+    _check_reduce("reduce_sum", a, out, reduce_size, _sum_dtype(a.dtype))
     n = out.size
-    out.array[:] = a.array[: n * reduce_size].reshape(n, reduce_size).sum(axis=1)
+    _store(out, _x(a)[: n * reduce_size].reshape(n, reduce_size).sum(axis=1, dtype=_acc(out.dtype)))
 
 
 def reduce_sum_middle(a, out, outer, reduce, inner):
-    """a is (outer, reduce, inner) compact; out (outer, inner) compact gets the sum over
-    the middle axis (bias and BatchNorm gradients without a transposed copy). Summed in
-    float32 in blocks of 64 rows like the compiled kernels, so results agree closely."""
+    """a is (outer, reduce, inner) compact; out (outer, inner) compact (dtype as reduce_sum)
+    gets the sum over the middle axis (bias and BatchNorm gradients without a transposed
+    copy). Floats are summed in blocks of 64 rows like the compiled kernels, so results
+    agree closely (float32 bit for bit)."""
+    _need_dtype("reduce_sum_middle", out, _sum_dtype(a.dtype))
     if outer < 0 or reduce < 1 or inner < 1:
         raise ValueError("reduce_sum_middle: bad sizes")
     if a.size < outer * reduce * inner or out.size < outer * inner:
         raise ValueError("reduce_sum_middle: arrays are smaller than (outer, reduce, inner)")
-    x = a.array[: outer * reduce * inner].reshape(outer, reduce, inner)
+    acc = _acc(out.dtype)
+    x = _x(a)[: outer * reduce * inner].reshape(outer, reduce, inner).astype(acc)
+    if out.dtype not in FLOATING:
+        _store_part(out, outer * inner, x.sum(axis=1))
+        return
     blocks = -(-reduce // 64)
     if blocks * 64 != reduce:  # zero rows pad the last block; adding them changes no sum
-        x = np.concatenate([x, np.zeros((outer, blocks * 64 - reduce, inner), dtype=_DTYPE)], axis=1)
+        x = np.concatenate([x, np.zeros((outer, blocks * 64 - reduce, inner), dtype=acc)], axis=1)
     # accumulate adds in order (sum may go pairwise), as the loops of the compiled
     # kernels do; "+ 0" makes -0 sums +0 like their zero-started accumulators.
-    block = np.add.accumulate(x.reshape(outer, blocks, 64, inner), axis=2, dtype=_DTYPE)[:, :, -1] + _DTYPE(0)
-    total = np.add.accumulate(block, axis=1, dtype=_DTYPE)[:, -1] + _DTYPE(0)
-    out.array[: outer * inner] = total.reshape(-1)
+    block = np.add.accumulate(x.reshape(outer, blocks, 64, inner), axis=2, dtype=acc)[:, :, -1] + acc(0)
+    total = np.add.accumulate(block, axis=1, dtype=acc)[:, -1] + acc(0)
+    _store_part(out, outer * inner, total)
+
+
+def _fused(fn, *bufs):
+    """The one dtype of a fused kernel's float buffers: float32 or float64."""
+    dt = _same_dtype(fn, *bufs)
+    _need(fn, dt, _FUSED, "needs float32 or float64")
+    return to_numpy_dtype(dt).type
 
 
 def _check_bn(fn, rows, cols, full, vecs):
+    _fused(fn, *full, *vecs)
     if rows < 0 or cols < 0:
         raise ValueError(f"{fn}: bad sizes ({rows}, {cols})")
     if any(a.size < rows * cols for a in full) or any(v.size < cols for v in vecs):
@@ -249,11 +457,12 @@ def bn_forward(x, w, b, out, mean, var, rows, cols, eps):
         var.array[:cols] = 0.0
         return
     xv = _bn_view(x, rows, cols)
-    m = (xv.sum(axis=0, dtype=np.float64) / rows).astype(_DTYPE)
+    dt = x.array.dtype
+    m = (xv.sum(axis=0, dtype=np.float64) / rows).astype(dt)
     d = xv.astype(np.float64) - m
     mean.array[:cols] = m
     var.array[:cols] = (d * d).sum(axis=0) / rows
-    s = _bn_scale(w, var, cols, eps).astype(_DTYPE)
+    s = _bn_scale(w, var, cols, eps).astype(dt)
     _bn_view(out, rows, cols)[...] = (xv - m) * s + b.array[:cols]
 
 
@@ -277,15 +486,20 @@ def bn_backward(x, g, w, mean, var, dx, dw, db, rows, cols, eps):
     dwd = sgx * inv
     db.array[:cols] = sg
     dw.array[:cols] = dwd
-    gm = (sg / rows).astype(_DTYPE)
-    c = (inv * dwd / rows).astype(_DTYPE)
-    _bn_view(dx, rows, cols)[...] = k.astype(_DTYPE) * ((gv - gm) - (xv - m) * c)
+    dt = x.array.dtype
+    gm = (sg / rows).astype(dt)
+    c = (inv * dwd / rows).astype(dt)
+    _bn_view(dx, rows, cols)[...] = k.astype(dt) * ((gv - gm) - (xv - m) * c)
 
 
 def _rows(fn, idx, num_rows):
-    """idx's float32-encoded row numbers as int64, each checked to lie in [0, num_rows)."""
-    rows = idx.array
-    ints = rows.astype(np.int64)
+    """idx's row numbers (any integer dtype, or float-encoded as the course's labels are)
+    as int64, each checked to lie in [0, num_rows)."""
+    if idx.dtype == "bool":
+        raise TypeError(f"{fn}: indices must be integers (or integer-valued floats), got bool")
+    rows = idx.array.astype(np.float64) if idx.dtype in HALF else idx.array
+    with np.errstate(all="ignore"):
+        ints = rows.astype(np.int64)
     if rows.size and ((rows != ints).any() or ints.min() < 0 or ints.max() >= num_rows):
         bad = rows[(rows != ints) | (ints < 0) | (ints >= num_rows)][0]
         raise IndexError(f"{fn}: row index {bad} is not an integer in [0, {num_rows})")
@@ -293,14 +507,16 @@ def _rows(fn, idx, num_rows):
 
 
 def _check_rows(fn, table, rows, num_rows, dim, k):
+    _same_dtype(fn, table, rows)
     if num_rows < 0 or dim < 0 or table.size < num_rows * dim or rows.size != k * dim:
         raise ValueError(f"{fn}: buffers of {table.size} and {rows.size} elements do not fit "
                          f"({num_rows}, {dim}) and ({k}, {dim})")
 
 
 def gather_rows(a, idx, out, num_rows, dim):
-    """a is (num_rows, dim) compact, idx is (k,) compact float32-encoded row numbers,
-    out is (k, dim) compact: out[r] = a[idx[r]] (an embedding lookup)."""
+    """a is (num_rows, dim) compact (any dtype), idx is (k,) compact row numbers (any
+    integer dtype, or integer-valued floats), out is (k, dim) compact with a's dtype:
+    out[r] = a[idx[r]] (an embedding lookup)."""
     _check_rows("gather_rows", a, out, num_rows, dim, idx.size)
     rows = _rows("gather_rows", idx, num_rows)
     out.array[:] = a.array[: num_rows * dim].reshape(num_rows, dim)[rows].reshape(-1)
@@ -311,13 +527,22 @@ def scatter_add_rows(a, idx, out, num_rows, dim):
     out[idx[r]] += a[r] for r = 0, 1, ... in order (the adjoint of gather_rows; out is not cleared)."""
     _check_rows("scatter_add_rows", out, a, num_rows, dim, idx.size)
     rows = _rows("scatter_add_rows", idx, num_rows)
-    np.add.at(out.array[: num_rows * dim].reshape(num_rows, dim), rows, a.array.reshape(-1, dim) if dim else a.array)
+    _need("scatter_add_rows", a.dtype, _NUMERIC, "needs a numeric (not bool) dtype")
+    table = out.array[: num_rows * dim].reshape(num_rows, dim)
+    if out.dtype in HALF:  # accumulate in float32, round once
+        acc = table.astype(np.float32)
+        np.add.at(acc, rows, _x(a).reshape(-1, dim) if dim else _x(a))
+        table[...] = acc
+    else:
+        np.add.at(table, rows, a.array.reshape(-1, dim) if dim else a.array)
 
 
 def softmax_xent(a, labels, lse, loss, n, k):
-    """Softmax cross-entropy forward. a is (n, k) compact logits, labels is (n,) compact
-    float32-encoded class numbers in [0, k); writes lse (n,) = log(sum(exp(a), axis 1))
-    (max-subtracted) and loss (1,) = mean over rows of lse[i] - a[i, labels[i]]."""
+    """Softmax cross-entropy forward. a is (n, k) compact logits (float32 or float64), labels
+    is (n,) compact class numbers in [0, k) (any integer dtype, or float-encoded); writes lse
+    (n,) = log(sum(exp(a), axis 1)) (max-subtracted) and loss (1,) = mean over rows of
+    lse[i] - a[i, labels[i]], both in a's dtype."""
+    _fused("softmax_xent", a, lse, loss)
     if n < 0 or k < 0 or a.size < n * k or lse.size != n or loss.size != 1:
         raise ValueError(f"softmax_xent: buffers of {a.size}, {lse.size}, {loss.size} elements do not fit "
                          f"({n}, {k}) logits, ({n},) lse and (1,) loss")
@@ -336,6 +561,7 @@ def softmax_xent(a, labels, lse, loss, n, k):
 def softmax_xent_grad(a, labels, lse, g, out, n, k, scale):
     """Softmax cross-entropy adjoint: out[i, j] = (exp(a[i, j] - lse[i]) - [j == labels[i]])
     * g[0] * scale, with a (n, k) compact, labels and lse (n,), g (1,) the upstream gradient."""
+    f = _fused("softmax_xent_grad", a, lse, g, out)
     if n < 0 or k < 0 or a.size < n * k or out.size != n * k or lse.size != n or g.size != 1:
         raise ValueError(f"softmax_xent_grad: buffers of {a.size}, {lse.size}, {g.size}, {out.size} elements "
                          f"do not fit ({n}, {k}) logits, ({n},) lse, (1,) g and ({n}, {k}) out")
@@ -344,7 +570,7 @@ def softmax_xent_grad(a, labels, lse, g, out, n, k, scale):
     z = a.array[: n * k].reshape(n, k)
     p = np.exp(z - lse.array[:, None])
     p[np.arange(n), rows] -= 1
-    out.array[:] = (p * np.float32(g.array[0] * np.float32(scale))).reshape(-1)
+    out.array[:] = (p * f(g.array[0] * f(scale))).reshape(-1)
 
 
 def _check_label_count(fn, labels, n):
@@ -363,7 +589,7 @@ def adam_step(w, g, m, v, out, lr, beta1, beta2, eps, weight_decay, decay, bias_
     out = decay*w - lr * (m/bias_c1) / (sqrt(v/bias_c2) + eps).
     (Adam: decay 1, bias_c = 1 - beta^t; AdamW: weight_decay 0, decay 1 - lr*wd.)"""
     _check_step("adam_step", out, w, g, m, v)
-    f = np.float32
+    f = _fused("adam_step", out, w, g, m, v)
     x = w.array
     gw = g.array + f(weight_decay) * x if weight_decay else g.array
     m.array[:] = f(beta1) * m.array + f(1 - beta1) * gw
@@ -377,7 +603,7 @@ def sgd_step(w, g, u, out, lr, momentum, weight_decay):
     momentum u = momentum*u + (1-momentum)*g' (in place) and out = w - lr*u, else
     out = w - lr*g' (u is not touched)."""
     _check_step("sgd_step", out, w, g, *((u,) if momentum else ()))
-    f = np.float32
+    f = _fused("sgd_step", out, w, g, *((u,) if momentum else ()))
     x = w.array
     gw = g.array + f(weight_decay) * x if weight_decay else g.array
     if momentum:

@@ -1,5 +1,5 @@
 // Thread pool for the CPU kernels (see cpu_threads.h).
-#include "cpu_threads.h"
+#include "threads.h"
 
 #include <algorithm>
 #include <atomic>

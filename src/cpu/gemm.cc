@@ -16,8 +16,8 @@
 // privately); otherwise each chunk packs what it reads itself. Either way the
 // caller waits only for work already started, never for a thread that has not
 // woken up yet, and no thread ever spins.
-#include "cpu_gemm.h"
-#include "cpu_threads.h"
+#include "gemm.h"
+#include "threads.h"
 
 #include <algorithm>
 #include <atomic>

@@ -1,0 +1,212 @@
+// Host-side checks of every backend call, shared by the CPU and the CUDA
+// modules so that one bad input raises one exception type on every device:
+//   ValueError (std::invalid_argument): sizes that do not fit, negative dims,
+//       64-bit overflow of a view's extent;
+//   IndexError (std::out_of_range): a view or an index reaching outside its buffer;
+//   TypeError (pybind11::type_error): a dtype the function does not take.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "dtypes.h"
+
+namespace needle {
+
+using Shape = std::vector<int64_t>;
+
+inline std::string shape_str(const Shape& s) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << (s.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+inline std::string cat(std::initializer_list<std::string> parts) {
+  std::string s;
+  for (const auto& p : parts) s += p;
+  return s;
+}
+
+inline std::string num(int64_t v) { return std::to_string(v); }
+
+// ---- dtypes ----
+inline DType parse_dtype(const char* fn, const std::string& name) {
+  DType dt;
+  if (!dtype_from_name(name, &dt))
+    throw pybind11::type_error(cat({fn, ": unsupported dtype '", name, "'; supported: ", kDTypeList}));
+  return dt;
+}
+
+// Every dtype in dts equal; returns it.
+inline DType check_same_dtype(const char* fn, std::initializer_list<DType> dts) {
+  const DType first = *dts.begin();
+  for (DType dt : dts) {
+    if (dt != first) {
+      std::string names;
+      for (DType d : dts) names += (names.empty() ? "" : ", ") + std::string(dtype_name(d));
+      throw pybind11::type_error(cat({fn, ": buffers of dtypes ", names, " must share one dtype"}));
+    }
+  }
+  return first;
+}
+
+// dt is in mask; what says what the function needs ("a floating dtype").
+inline void check_dtype_in(const char* fn, DType dt, unsigned mask, const char* what) {
+  if ((dtype_bit(dt) & mask) == 0) throw pybind11::type_error(cat({fn, ": needs ", what, ", got ", dtype_name(dt)}));
+}
+
+inline void check_dtype_is(const char* fn, const char* which, DType dt, DType want) {
+  if (dt != want)
+    throw pybind11::type_error(cat({fn, ": ", which, " must be ", dtype_name(want), ", got ", dtype_name(dt)}));
+}
+
+// ---- sizes ----
+inline void check_same_size(const char* fn, int64_t a, int64_t out) {
+  if (a != out) throw std::invalid_argument(cat({fn, ": input has ", num(a), " elements, out has ", num(out)}));
+}
+
+// A strided view (shape, strides, offset) lies inside a buffer of buffer_size
+// elements. Products and reaches are overflow-checked: a wrapped product could
+// pass the bounds test and let a kernel walk outside the buffer.
+inline void check_view(const char* fn, const Shape& shape, const Shape& strides, int64_t offset,
+                       int64_t buffer_size) {
+  if (shape.size() != strides.size())
+    throw std::invalid_argument(
+        cat({fn, ": shape ", shape_str(shape), " and strides ", shape_str(strides), " differ in length"}));
+  bool empty = false;
+  for (int64_t n : shape) {
+    if (n < 0) throw std::invalid_argument(cat({fn, ": negative dim in shape ", shape_str(shape)}));
+    empty = empty || n == 0;
+  }
+  if (empty) return;
+  int64_t size = 1, lo = offset, hi = offset;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    int64_t reach;
+    if (__builtin_mul_overflow(size, shape[i], &size) || __builtin_mul_overflow(shape[i] - 1, strides[i], &reach) ||
+        __builtin_add_overflow(reach < 0 ? lo : hi, reach, reach < 0 ? &lo : &hi))
+      throw std::invalid_argument(cat({fn, ": view of shape ", shape_str(shape), ", strides ", shape_str(strides),
+                                       " overflows 64-bit indexing"}));
+  }
+  if (lo < 0 || hi >= buffer_size)
+    throw std::out_of_range(cat({fn, ": view of shape ", shape_str(shape), ", strides ", shape_str(strides),
+                                 ", offset ", num(offset), " reaches elements [", num(lo), ", ", num(hi),
+                                 "] outside a buffer of ", num(buffer_size)}));
+}
+
+inline int64_t shape_size(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+inline void check_matmul_sizes(const char* fn, int64_t a, int64_t b, int64_t out, int64_t m, int64_t n, int64_t p) {
+  if (m < 0 || n < 0 || p < 0) throw std::invalid_argument(cat({fn, ": negative dimension"}));
+  if (a < m * n || b < n * p || out < m * p)
+    throw std::invalid_argument(cat({fn, ": buffers of ", num(a), ", ", num(b), ", ", num(out),
+                                     " elements are too small for (", num(m), " x ", num(n), ") @ (", num(n), " x ",
+                                     num(p), ")"}));
+}
+
+// Batched strided operands: a (batch, m, n) by sa from oa, b (batch, n, p) by sb
+// from ob, out (batch, m, p) compact.
+inline void check_bmm(const char* fn, int64_t a_size, int64_t b_size, int64_t out_size, int64_t batch, int64_t m,
+                      int64_t n, int64_t p, const Shape& sa, int64_t oa, const Shape& sb, int64_t ob) {
+  if (sa.size() != 3 || sb.size() != 3)
+    throw std::invalid_argument(cat({fn, ": a_strides and b_strides need 3 entries (batch, row, col)"}));
+  if (batch < 0 || m < 0 || n < 0 || p < 0) throw std::invalid_argument(cat({fn, ": negative dimension"}));
+  check_view(fn, {batch, m, n}, sa, oa, a_size);
+  check_view(fn, {batch, n, p}, sb, ob, b_size);
+  if (out_size != batch * m * p)
+    throw std::invalid_argument(cat({fn, ": out has ", num(out_size), " elements, need ", num(batch * m * p)}));
+}
+
+inline void check_reduce(const char* fn, int64_t a, int64_t out, int64_t reduce_size) {
+  if (reduce_size < 1) throw std::invalid_argument(cat({fn, ": reduce_size must be >= 1"}));
+  if (a < out * reduce_size)
+    throw std::invalid_argument(
+        cat({fn, ": input has ", num(a), " elements, need ", num(out), " x ", num(reduce_size)}));
+}
+
+inline void check_reduce_middle(const char* fn, int64_t a, int64_t out, int64_t outer, int64_t reduce,
+                                int64_t inner) {
+  if (outer < 0 || reduce < 1 || inner < 1) throw std::invalid_argument(cat({fn, ": bad sizes"}));
+  if (a < outer * reduce * inner || out < outer * inner)
+    throw std::invalid_argument(cat({fn, ": arrays are smaller than (outer, reduce, inner)"}));
+}
+
+inline void check_row_broadcast(const char* fn, int64_t full, int64_t row, int64_t row_offset, int64_t out,
+                                int64_t cols) {
+  check_same_size(fn, full, out);
+  if (cols < 1 || full % cols || row_offset < 0 || row_offset + cols > row)
+    throw std::invalid_argument(cat({fn, ": bad row broadcast (cols ", num(cols), ")"}));
+}
+
+inline void check_rows(const char* fn, int64_t table, int64_t rows, int64_t num_rows, int64_t dim, int64_t k) {
+  if (num_rows < 0 || dim < 0 || table < num_rows * dim || rows != k * dim)
+    throw std::invalid_argument(cat({fn, ": buffers of ", num(table), " and ", num(rows), " elements do not fit (",
+                                     num(num_rows), ", ", num(dim), ") and (", num(k), ", ", num(dim), ")"}));
+}
+
+// Row numbers: any integer dtype, or floats holding integers (the course's
+// float32-encoded labels); each must lie in [0, num_rows). value(i) reads index i
+// as a double (exact for every index a buffer can address).
+template <typename Value>
+void check_row_indices(const char* fn, DType dt, int64_t count, int64_t num_rows, Value value) {
+  if (dt == DType::kBool) throw pybind11::type_error(cat({fn, ": indices must be integers, got bool"}));
+  for (int64_t r = 0; r < count; ++r) {
+    const double v = value(r);
+    if (!(v >= 0.0 && v < double(num_rows)) || v != double(int64_t(v))) {
+      std::ostringstream os;
+      os << fn << ": row index " << v << " is not an integer in [0, " << num_rows << ")";
+      throw std::out_of_range(os.str());
+    }
+  }
+}
+
+inline void check_bn(const char* fn, int64_t rows, int64_t cols, std::initializer_list<int64_t> full,
+                     std::initializer_list<int64_t> vecs) {
+  if (rows < 0 || cols < 0) throw std::invalid_argument(cat({fn, ": bad sizes (", num(rows), ", ", num(cols), ")"}));
+  bool ok = true;
+  for (int64_t a : full) ok = ok && a >= rows * cols;
+  for (int64_t v : vecs) ok = ok && v >= cols;
+  if (!ok)
+    throw std::invalid_argument(
+        cat({fn, ": buffers do not fit (", num(rows), ", ", num(cols), ") and (", num(cols), ",)"}));
+}
+
+inline void check_step(const char* fn, int64_t out, std::initializer_list<int64_t> sizes) {
+  for (int64_t s : sizes)
+    if (s != out) throw std::invalid_argument(cat({fn, ": a buffer has ", num(s), " elements, out has ", num(out)}));
+}
+
+inline void check_softmax_xent(const char* fn, int64_t a, int64_t labels, int64_t lse, int64_t loss, int64_t n,
+                               int64_t k) {
+  if (n < 0 || k < 0 || a < n * k || lse != n || loss != 1)
+    throw std::invalid_argument(cat({fn, ": buffers of ", num(a), ", ", num(lse), ", ", num(loss),
+                                     " elements do not fit (", num(n), ", ", num(k), ") logits, (n,) lse and (1,) ",
+                                     "loss"}));
+  if (labels != n) throw std::invalid_argument(cat({fn, ": ", num(labels), " labels for ", num(n), " rows"}));
+}
+
+inline void check_softmax_xent_grad(const char* fn, int64_t a, int64_t labels, int64_t lse, int64_t g, int64_t out,
+                                    int64_t n, int64_t k) {
+  if (n < 0 || k < 0 || a < n * k || out != n * k || lse != n || g != 1)
+    throw std::invalid_argument(cat({fn, ": buffers of ", num(a), ", ", num(lse), ", ", num(g), ", ", num(out),
+                                     " elements do not fit (", num(n), ", ", num(k), ") logits, (n,) lse, (1,) g and ",
+                                     "(n, k) out"}));
+  if (labels != n) throw std::invalid_argument(cat({fn, ": ", num(labels), " labels for ", num(n), " rows"}));
+}
+
+// Integer power: a negative exponent has no integer result (numpy raises too).
+inline void throw_negative_int_power(const char* fn) {
+  throw std::invalid_argument(cat({fn, ": integers to negative integer powers are not allowed"}));
+}
+
+}  // namespace needle
