@@ -7,7 +7,7 @@ import pytest
 
 import needle as ndl
 from needle import autograd
-from devices import ND_DEVICES, nd_only
+from devices import BACKEND, ND_DEVICES, nd_only
 
 pytestmark = nd_only
 
@@ -241,8 +241,10 @@ def test_training_loop_does_not_leak_tensors():
 
 # ---- Tensor API --------------------------------------------------------------
 def test_tensor_construction_and_properties():
-    a = ndl.Tensor([[1, 2], [3, 4]], device=ndl.cpu_numpy())
+    a = ndl.Tensor([[1.0, 2], [3, 4]], device=ndl.cpu_numpy())
     assert a.shape == (2, 2) and a.dtype == "float32" and a.device == ndl.cpu_numpy()
+    ints = ndl.Tensor([[1, 2], [3, 4]], device=ndl.cpu_numpy())
+    assert ints.dtype == ("int64" if BACKEND == "nd" else np.array([1]).dtype)
     b = ndl.Tensor(a)
     assert b.realize_cached_data() is a.realize_cached_data()
     c = ndl.Tensor(a.realize_cached_data(), device=ndl.cpu_numpy())

@@ -130,9 +130,9 @@ class _Pair:
         self.cpu = cpu
         self.bufs = []
 
-    def buf(self, data):
-        data = np.ascontiguousarray(data, dtype=np.float32).reshape(-1)
-        t, c = twin.Array(data.size), self.cpu.Array(data.size)
+    def buf(self, data, dtype="float32"):
+        data = np.ascontiguousarray(data, dtype=np.bool_ if dtype == "bool" else dtype).reshape(-1)
+        t, c = twin.Array(data.size, dtype), self.cpu.Array(data.size, dtype)
         twin.from_numpy(data, t)
         self.cpu.from_numpy(data, c)
         self.bufs.append((t, c))
@@ -155,10 +155,18 @@ def _rand(*shape, lo=-2.0, hi=2.0):
 
 def _case_elementwise(p):
     a, b = p.buf(_rand(37)), p.buf(_rand(37, lo=0.5))
-    for name in ["ewise_add", "ewise_mul", "ewise_div", "ewise_maximum", "ewise_eq", "ewise_ge"]:
+    a[0].array[:5] = b[0].array[:5]  # some equal pairs for the comparisons
+    p.cpu.from_numpy(a[0].array, a[1])
+    for name in ["ewise_add", "ewise_mul", "ewise_div", "ewise_maximum"]:
         p.call(name, a, b, p.buf(np.zeros(37)))
-    for name in ["scalar_add", "scalar_mul", "scalar_div", "scalar_maximum", "scalar_eq", "scalar_ge"]:
+    for name in ["scalar_add", "scalar_mul", "scalar_div", "scalar_maximum"]:
         p.call(name, a, 0.75, p.buf(np.zeros(37)))
+    for ewise, scalar in [("ewise_eq", "scalar_eq"), ("ewise_ne", "scalar_ne"), ("ewise_lt", "scalar_lt"),
+                          ("ewise_le", "scalar_le"), ("ewise_gt", "scalar_gt"), ("ewise_ge", "scalar_ge")]:
+        p.call(ewise, a, b, p.buf(np.zeros(37), "bool"))
+        p.call(scalar, a, float(a[0].array[3]), p.buf(np.zeros(37), "bool"))
+    for dtype in ["float64", "float16", "int32", "uint8", "bool"]:
+        p.call("astype", a, p.buf(np.zeros(37), dtype))
     for val in [2.0, 0.5, -1.0, 3.0, 1.7]:
         p.call("scalar_power", b, val, p.buf(np.zeros(37)))
     p.call("ewise_power", b, a, p.buf(np.zeros(37)))

@@ -25,6 +25,7 @@ from .backend_selection import BACKEND, Device, NDArray, all_devices, array_api,
 LAZY_MODE = False
 TENSOR_COUNTER = 0
 _ND = BACKEND == "nd"
+_FLOATING = frozenset({"float32", "float64", "float16", "bfloat16"})
 _GRAD_ENABLED = True
 
 
@@ -261,6 +262,8 @@ class Tensor(Value):
         else:
             device = default_device() if device is None else device
             cached_data = Tensor._array_from_numpy(array, device=device, dtype=dtype)
+        if _ND and requires_grad and cached_data.dtype not in _FLOATING:
+            requires_grad = False  # integer and bool tensors never require a gradient
         self._init(None, [], cached_data=cached_data, requires_grad=requires_grad)
 
     @staticmethod
@@ -325,7 +328,7 @@ class Tensor(Value):
             if array_api is numpy:
                 ones = numpy.ones(data.shape, dtype=data.dtype)
             else:
-                ones = array_api.full(data.shape, 1.0, device=data.device)
+                ones = array_api.full(data.shape, 1.0, dtype=data.dtype, device=data.device)
             out_grad = Tensor.make_const(ones)
         elif not isinstance(out_grad, Tensor):
             raise TypeError(f"backward: out_grad must be a Tensor, got {type(out_grad).__name__}")
@@ -456,10 +459,13 @@ def compute_gradient_of_variables(output_tensor, out_grad):
         for i, (inp, g) in enumerate(zip(node.inputs, in_grads)):
             if not inp.requires_grad:
                 continue
-            if type(inp) is not TensorTuple and g.shape != inp.shape:
-                raise RuntimeError(
-                    f"{type(op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
-                )
+            if type(inp) is not TensorTuple:
+                if g.shape != inp.shape:
+                    raise RuntimeError(
+                        f"{type(op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
+                    )
+                if _ND and g.dtype != inp.dtype:  # a promoted op: the gradient takes its input's dtype
+                    g = needle.ops.cast(g, inp.dtype)
             partial = grads.get(inp)
             if partial is None:
                 grads[inp] = [g]

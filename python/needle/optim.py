@@ -33,29 +33,20 @@ def _set_param(p, arr):
         p.data = Tensor.make_const(arr)  # a new NDArray: no copy needed
 
 
-def _fused(w, name):
-    """The backend's one-pass update ``name`` (adam_step, sgd_step) for NDArray ``w``, or
-    None (np mode, or a backend without it): then the composition below runs instead."""
-    if isinstance(w, np.ndarray) or not hasattr(w, "_handle"):
-        return None
-    try:
-        return getattr(w.device, name)
-    except AttributeError:
-        return None
+def _fused(w):
+    """True when ``w`` is an NDArray whose dtype the backend's one-pass updates take
+    (float32, float64); else the composition below runs (np mode, half precision)."""
+    return not isinstance(w, np.ndarray) and w.dtype in w.FUSED_DTYPES
 
 
 def _state(store, p, w):
     """The optimizer-owned compact buffer for ``p`` (zeros at first): kernels update it in place."""
     buf = store.get(p)
     if buf is None:
-        buf = store[p] = w.device.full(w.shape, 0.0)
+        buf = store[p] = w.device.full(w.shape, 0.0, w.dtype)
     elif buf._offset or not buf.is_compact():
         buf = store[p] = buf.compact()
     return buf
-
-
-def _new_like(w):
-    return w.make(w.shape, device=w.device)
 
 
 def _sum_squares(arr) -> float:
@@ -178,14 +169,9 @@ class SGD(Optimizer):
                 continue
             w = _raw(p)
             g = _raw(p.grad)
-            step = _fused(w, "sgd_step")
-            if step is not None:  # one pass: g + wd*w, momentum, w - lr*u
-                w = w.compact()
-                u = _state(self.u, p, w) if self.momentum else w
-                out = _new_like(w)
-                step(w._handle, g.compact()._handle, u._handle, out._handle, self.lr, self.momentum,
-                     self.weight_decay)
-                _set_param(p, out)
+            if _fused(w) and g.dtype == w.dtype:  # one pass: g + wd*w, momentum, w - lr*u
+                u = _state(self.u, p, w) if self.momentum else None
+                _set_param(p, w.sgd_step(g, u, self.lr, self.momentum, self.weight_decay))
                 continue
             if self.weight_decay:
                 g = g + w * self.weight_decay
@@ -234,15 +220,10 @@ class Adam(Optimizer):
                 continue
             w = _raw(p)
             g = _raw(p.grad)
-            step = _fused(w, "adam_step")
-            if step is not None:  # one pass per parameter; m and v updated in place
-                w = w.compact()
+            if _fused(w) and g.dtype == w.dtype:  # one pass per parameter; m and v updated in place
                 m = _state(self.m, p, w)
                 v = _state(self.v, p, w)
-                out = _new_like(w)
-                step(w._handle, g.compact()._handle, m._handle, v._handle, out._handle, self.lr, b1, b2,
-                     self.eps, l2, self._decay_factor(), c1, c2)
-                _set_param(p, out)
+                _set_param(p, w.adam_step(g, m, v, self.lr, b1, b2, self.eps, l2, self._decay_factor(), c1, c2))
                 continue
             if l2:
                 g = g + w * l2

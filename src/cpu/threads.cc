@@ -1,4 +1,4 @@
-// Thread pool for the CPU kernels (see cpu_threads.h).
+// Thread pool for the CPU kernels (see threads.h).
 #include "threads.h"
 
 #include <algorithm>

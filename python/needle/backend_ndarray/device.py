@@ -54,12 +54,12 @@ class BackendDevice:
     def rand(self, *shape, dtype="float32"):
         from .ndarray import NDArray
 
-        return NDArray(np.random.rand(*shape), device=self)
+        return NDArray(np.random.rand(*shape), device=self, dtype=dtype)
 
     def randn(self, *shape, dtype="float32"):
         from .ndarray import NDArray
 
-        return NDArray(np.random.randn(*shape), device=self)
+        return NDArray(np.random.randn(*shape), device=self, dtype=dtype)
 
     def one_hot(self, n, i, dtype="float32"):
         from .ndarray import NDArray
@@ -70,12 +70,12 @@ class BackendDevice:
         # Scatter ones into zeros: np.eye(n)[idx] would build an n x n matrix first.
         out = np.zeros(idx.shape + (n,), dtype=np.float32)
         np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
-        return NDArray(out, device=self)
+        return NDArray(out, device=self, dtype=dtype)
 
     def empty(self, shape, dtype="float32"):
         from .ndarray import NDArray
 
-        return NDArray.make(_shape_tuple(shape), device=self)
+        return NDArray.make(_shape_tuple(shape), device=self, dtype=dtype)
 
     def full(self, shape, fill_value, dtype="float32"):
         arr = self.empty(shape, dtype)

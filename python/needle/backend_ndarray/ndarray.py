@@ -14,6 +14,7 @@ _sum = builtins.sum
 
 import numpy as np
 
+from . import dtypes as _dt
 from .device import (
     BackendDevice,
     _shape_tuple,
@@ -51,14 +52,14 @@ def _new(shape, strides, device, handle, offset):
     return array
 
 
-def _alloc(shape, device):
-    """A new compact array of a validated shape."""
+def _alloc(shape, device, dtype="float32"):
+    """A new compact array of a validated shape and a canonical dtype name."""
     array = object.__new__(NDArray)
     array._shape = shape
     array._strides = _compact_strides(shape)
     array._offset = 0
     array._device = device
-    array._handle = device.Array(math.prod(shape))
+    array._handle = device.Array(math.prod(shape), dtype)
     return array
 
 
@@ -191,50 +192,69 @@ def _broadcast_shapes(*shapes):
     return tuple(result)
 
 
-@lru_cache(maxsize=256)
-def _gt_threshold(other):
-    """t such that float32 x > other  <=>  x >= t: the next float32 above ``other``.
-
-    One kernel instead of three. +inf has no next float and NaN compares false:
-    x >= NaN is 0 for every x.
-    """
-    if abs(other) > 3.4e38:
-        with np.errstate(over="ignore"):
-            c = np.float32(other)
-    else:
-        c = np.float32(other)
-    return float("nan") if np.isnan(c) or c == np.inf else float(np.nextafter(c, np.float32(np.inf)))
+def _big_int(x):
+    """An integer a double cannot hold exactly (the kernels take scalars as doubles)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and abs(int(x)) > 2**53
 
 
 def _is_scalar(x):
     return isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, (complex, np.complexfloating))
 
 
+def _default_dtype(data):
+    """The dtype an NDArray of numpy ``data`` gets when none is asked for, as PyTorch
+    does for Python data: float64 (numpy's default float) becomes float32, the course's
+    default; other supported dtypes are kept; other integer widths become int64."""
+    kind = data.dtype.kind
+    if data.dtype == np.float64:
+        return _dt.DEFAULT_FLOAT
+    if kind in "iu" and data.dtype.itemsize <= 8:
+        try:
+            return _dt.of_numpy(data)
+        except TypeError:
+            return "int64"
+    return _dt.of_numpy(data)  # TypeError for complex, object, strings, ...
+
+
+def _from_numpy(data, device, dtype):
+    """A new NDArray holding numpy ``data`` converted to ``dtype`` (None: inferred)."""
+    dtype = _default_dtype(data) if dtype is None else _dt.canonical(dtype)
+    np_dtype = _dt.to_numpy_dtype(dtype)
+    if data.dtype != np_dtype:
+        with np.errstate(all="ignore"):
+            if data.dtype == _dt.to_numpy_dtype_or_none("bfloat16") and dtype not in _dt.FLOATING:
+                data = data.astype(np.float32)  # ml_dtypes' own int casts differ from numpy's
+            data = data.astype(np_dtype)
+    device.require()
+    array = _alloc(_shape_tuple(data.shape), device, dtype)
+    if array._handle.size:
+        device.from_numpy(np.ascontiguousarray(data), array._handle)
+    return array
+
+
 class NDArray:
-    """A float32 N-d array on a device.
+    """An N-d array of one dtype (``dtypes.DTYPES``, float32 by default) on a device.
 
     Fields: ``_shape``, ``_strides`` (in elements), ``_offset`` (in elements),
-    ``_device`` and ``_handle`` (the device buffer, shared by views).
+    ``_device`` and ``_handle`` (the typed device buffer, shared by views; its
+    ``dtype`` is the array's).
     """
 
-    def __init__(self, other, device=None):
+    def __init__(self, other, device=None, dtype=None):
         if isinstance(other, NDArray):
+            dtype = other.dtype if dtype is None else _dt.canonical(dtype)
             if device is None or device == other.device:
-                self._init(other.copy())
+                self._init(other.astype(dtype) if dtype != other.dtype else other.copy())
             else:
-                self._init(NDArray(other.numpy(), device=device))
+                self._init(_from_numpy(other.numpy(), device, dtype))
             return
         if not isinstance(other, np.ndarray):
             try:
                 other = np.array(other)
             except (ValueError, TypeError) as e:
                 raise TypeError(f"cannot build an NDArray from {type(other).__name__}: {e}") from None
-        if other.dtype.kind not in "biuf":
-            raise TypeError(f"NDArray holds float32; unsupported dtype {other.dtype} (kind {other.dtype.kind!r})")
         device = default_device() if device is None else device
-        array = NDArray.make(other.shape, device=device)
-        device.from_numpy(np.ascontiguousarray(other, dtype=np.float32), array._handle)
-        self._init(array)
+        self._init(_from_numpy(other, device, dtype))
 
     def _init(self, other):
         self._shape = other._shape
@@ -248,8 +268,9 @@ class NDArray:
         return _compact_strides(tuple(shape))
 
     @staticmethod
-    def make(shape, strides=None, device=None, handle=None, offset=0):
-        """A new array header; allocates a compact buffer when ``handle`` is None."""
+    def make(shape, strides=None, device=None, handle=None, offset=0, dtype="float32"):
+        """A new array header; allocates a compact buffer of ``dtype`` when ``handle`` is None
+        (a given handle brings its own dtype)."""
         array = NDArray.__new__(NDArray)
         array._shape = _shape_tuple(shape)
         array._strides = NDArray.compact_strides(array._shape) if strides is None else tuple(int(s) for s in strides)
@@ -259,7 +280,7 @@ class NDArray:
             raise TypeError(f"device must be a BackendDevice, got {array._device!r}")
         if handle is None:
             array._device.require()
-            array._handle = array._device.Array(prod(array._shape))
+            array._handle = array._device.Array(prod(array._shape), _dt.canonical(dtype))
         else:
             array._handle = handle
         return array
@@ -279,7 +300,23 @@ class NDArray:
 
     @property
     def dtype(self):
-        return "float32"
+        return self._handle.dtype
+
+    @property
+    def itemsize(self):
+        return _dt.ITEMSIZE[self._handle.dtype]
+
+    def astype(self, dtype, copy=True):
+        """A compact copy converted to ``dtype`` (numpy's casts; ``copy=False`` returns
+        self when the dtype already matches)."""
+        dtype = _dt.canonical(dtype)
+        if dtype == self._handle.dtype:
+            return self.copy() if copy else self
+        src = self.compact()
+        out = _alloc(self._shape, self._device, dtype)
+        if out._handle.size:
+            self._device.astype(src._handle, out._handle)
+        return out
 
     @property
     def ndim(self):
@@ -295,20 +332,25 @@ class NDArray:
         return self._shape[0]
 
     def __repr__(self):
-        return "NDArray(" + self.numpy().__str__() + f", device={self.device})"
+        return "NDArray(" + self.numpy().__str__() + f", device={self.device}, dtype={self.dtype})"
 
     def __str__(self):
         return self.numpy().__str__()
 
     # ---- basic array manipulation ----------------------------------------
     def fill(self, value):
-        """Set every element of the underlying buffer to ``value`` (in place)."""
+        """Set every element of the underlying buffer to ``value`` (in place), converted to
+        the array's dtype."""
+        if _big_int(value):
+            self._device.from_numpy(np.full(self._handle.size, value, dtype=_dt.to_numpy_dtype(self.dtype)),
+                                    self._handle)
+            return
         self._device.fill(self._handle, float(value))
 
     def to(self, device):
         if device == self.device:
             return self
-        return NDArray(self.numpy(), device=device)
+        return NDArray(self.numpy(), device=device, dtype=self.dtype)
 
     def numpy(self):
         return self.device.to_numpy(self._handle, list(self.shape), list(self.strides), self._offset)
@@ -325,7 +367,7 @@ class NDArray:
         return self if self.is_compact() else self.copy()
 
     def copy(self):
-        out = _alloc(self._shape, self._device)
+        out = _alloc(self._shape, self._device, self._handle.dtype)
         if out._handle.size:
             self._device.compact(self._handle, out._handle, list(self._shape), list(self._strides), self._offset)
         return out
@@ -475,7 +517,9 @@ class NDArray:
         """In-place write through the view ``self[idxs]``: an array or a scalar."""
         view = self[idxs]
         if isinstance(other, np.ndarray):
-            other = NDArray(other, device=self.device)
+            other = NDArray(other, device=self.device, dtype=self.dtype)
+        elif _big_int(other):
+            other = NDArray(np.array(other), device=self.device, dtype=self.dtype)
         if isinstance(other, NDArray):
             if other.device != self.device:
                 raise ValueError(f"setitem: value is on {other.device}, array is on {self.device}")
@@ -487,7 +531,7 @@ class NDArray:
                         f"setitem: cannot assign shape {other.shape} to a view of shape {view.shape}"
                     ) from None
             if view.size:
-                src = other.compact()
+                src = other.compact() if other.dtype == self.dtype else other.astype(self.dtype)
                 if src._handle is self._handle:
                     src = other.copy()
                 self._device.ewise_setitem(src._handle, view._handle, list(view.shape), list(view.strides), view._offset)
@@ -506,12 +550,41 @@ class NDArray:
         if other.shape != self.shape:
             raise ValueError(f"{what}: shapes {self.shape} and {other.shape} differ (NDArray does not broadcast)")
 
-    def ewise_or_scalar(self, other, ewise_func, scalar_func, what="elementwise op"):
-        """Elementwise op over the flat buffers. A dense but permuted operand (every
-        element once, e.g. an NCHW view of an NHWC buffer) is not compacted: the
-        result gets its strides, and the other operand is copied into that layout."""
+    def _operands(self, other, what, float_only=False):
+        """(self, other) converted to their common dtype (PyTorch's promotion; float32 when
+        the op needs a floating dtype and the common one is not)."""
+        is_array = isinstance(other, NDArray)
+        if not is_array and type(other) is not float and type(other) is not int and not _is_scalar(other):
+            raise TypeError(f"{what}: operand must be an NDArray or a number, got {type(other).__name__}")
+        mine = self._handle.dtype
+        if is_array and other._handle.dtype == mine:
+            dtype = mine
+        elif not is_array and type(other) is float and mine in _dt.FLOATING:
+            dtype = mine  # the common case: a float scalar never widens a float array
+        else:
+            dtype = _dt.result_type(self, other)
+        if float_only and dtype not in _dt.FLOATING:
+            dtype = _dt.DEFAULT_FLOAT
+        a = self if mine == dtype else self.astype(dtype)
+        if is_array:
+            if other._handle.dtype != dtype:
+                other = other.astype(dtype)
+        elif _big_int(other) or (dtype not in _dt.FLOATING and isinstance(other, (float, np.floating))
+                                   and not float(other).is_integer()):
+            # Not exact as a double, or a float that the integer kernel would truncate.
+            other = full(self._shape, other, dtype=dtype, device=self._device)
+        return a, other
+
+    def ewise_or_scalar(self, other, ewise_func, scalar_func, what="elementwise op", out_dtype=None,
+                        float_only=False):
+        """Elementwise op over the flat buffers, after promotion to a common dtype; the
+        result has that dtype (or ``out_dtype``: bool for comparisons). A dense but permuted
+        operand (every element once, e.g. an NCHW view of an NHWC buffer) is not compacted:
+        the result gets its strides, and the other operand is copied into that layout."""
+        self, other = self._operands(other, what, float_only)
         shape = self._shape
         device = self._device
+        dtype = out_dtype or self._handle.dtype
         is_array = isinstance(other, NDArray)
         size = math.prod(shape)
         if is_array:
@@ -522,18 +595,16 @@ class NDArray:
                 if (self._strides == compact and other._strides == compact and not self._offset
                         and not other._offset and self._handle.size == size and other._handle.size == size):
                     # Both operands compact: the common case, no layout work.
-                    handle = device.Array(size)
+                    handle = device.Array(size, dtype)
                     ewise_func(self._handle, other._handle, handle)
                     return _new(shape, compact, device, handle, 0)
-        elif type(other) is not float and type(other) is not int and not _is_scalar(other):
-            raise TypeError(f"{what}: operand must be an NDArray or a number, got {type(other).__name__}")
         elif size and not self._offset and self._handle.size == size and self._strides == _compact_strides(shape):
-            handle = device.Array(size)
+            handle = device.Array(size, dtype)
             scalar_func(self._handle, float(other), handle)
             return _new(shape, self._strides, device, handle, 0)
         if size == 0:
-            return _alloc(shape, device)
-        if is_array and what in _ROW_OPS:
+            return _alloc(shape, device, dtype)
+        if is_array and what in _ROW_OPS and out_dtype is None:
             out = self._ewise_rows(other, _ROW_OPS[what], size)
             if out is not None:
                 return out
@@ -542,7 +613,7 @@ class NDArray:
             strides = _dense_strides(other, size)
         if strides is None:
             strides = _compact_strides(shape)
-        handle = device.Array(size)
+        handle = device.Array(size, dtype)
         if is_array:
             ewise_func(_in_layout(self, strides), _in_layout(other, strides), handle)
         else:
@@ -559,7 +630,7 @@ class NDArray:
             cols = _row_cols(row._shape, row._strides)
             if cols is None:
                 continue
-            handle = self._device.Array(size)
+            handle = self._device.Array(size, self._handle.dtype)
             self._device.ewise_rows(op, full._handle, row._handle, row._offset, handle, cols, swap)
             return _new(self._shape, compact, self._device, handle, 0)
         return None
@@ -581,15 +652,21 @@ class NDArray:
     __rmul__ = __mul__
 
     def __truediv__(self, other):
-        return self.ewise_or_scalar(other, self._device.ewise_div, self._device.scalar_div, "divide")
+        """True division: integer operands give float32 (PyTorch's rule)."""
+        return self.ewise_or_scalar(other, self._device.ewise_div, self._device.scalar_div, "divide",
+                                    float_only=True)
 
     def __rtruediv__(self, other):
         if not _is_scalar(other):
             raise TypeError(f"divide: operand must be an NDArray or a number, got {type(other).__name__}")
-        return full(self.shape, other, device=self.device) / self
+        dtype = _dt.result_type(self, other)
+        dtype = dtype if dtype in _dt.FLOATING else _dt.DEFAULT_FLOAT
+        return full(self.shape, other, dtype=dtype, device=self.device) / self
 
     def __neg__(self):
-        return self * (-1.0)
+        if self._handle.dtype == "bool":
+            raise TypeError("negate: not defined for bool arrays (use logical not)")
+        return self * (-1)
 
     def __pow__(self, other):
         return self.ewise_or_scalar(other, self._device.ewise_power, self._device.scalar_power, "power")
@@ -597,35 +674,41 @@ class NDArray:
     def maximum(self, other):
         return self.ewise_or_scalar(other, self._device.ewise_maximum, self._device.scalar_maximum, "maximum")
 
-    # Comparisons return float32 0.0 / 1.0 arrays.
-    def __eq__(self, other):
-        return self.ewise_or_scalar(other, self._device.ewise_eq, self._device.scalar_eq, "eq")
+    # Comparisons return bool arrays (numpy's semantics: NaN compares unequal to everything).
+    def _compare(self, other, op):
+        dev = self._device
+        return self.ewise_or_scalar(other, getattr(dev, "ewise_" + op), getattr(dev, "scalar_" + op), op,
+                                    out_dtype="bool")
 
-    def __ge__(self, other):
-        return self.ewise_or_scalar(other, self._device.ewise_ge, self._device.scalar_ge, "ge")
+    def __eq__(self, other):
+        return self._compare(other, "eq")
 
     def __ne__(self, other):
-        return 1 - (self == other)
-
-    def __gt__(self, other):
-        if _is_scalar(other):
-            return self.ewise_or_scalar(_gt_threshold(float(other)), None, self._device.scalar_ge, "gt")
-        return (self >= other) * (self != other)
+        return self._compare(other, "ne")
 
     def __lt__(self, other):
-        return 1 - (self >= other)
+        return self._compare(other, "lt")
 
     def __le__(self, other):
-        return 1 - (self > other)
+        return self._compare(other, "le")
+
+    def __gt__(self, other):
+        return self._compare(other, "gt")
+
+    def __ge__(self, other):
+        return self._compare(other, "ge")
 
     __hash__ = None
 
     def _unary(self, func):
+        """func on a floating dtype (integer and bool input is computed in float32)."""
+        if self._handle.dtype not in _dt.FLOATING:
+            self = self.astype(_dt.DEFAULT_FLOAT)
         size = math.prod(self._shape)
         if size == 0:
-            return _alloc(self._shape, self._device)
+            return _alloc(self._shape, self._device, self._handle.dtype)
         strides = _dense_strides(self, size) or _compact_strides(self._shape)
-        handle = self._device.Array(size)
+        handle = self._device.Array(size, self._handle.dtype)
         func(_in_layout(self, strides), handle)
         return _new(self._shape, strides, self._device, handle, 0)
 
@@ -647,13 +730,18 @@ class NDArray:
         """
         if not isinstance(other, NDArray):
             raise TypeError(f"matmul: operand must be an NDArray, got {type(other).__name__}")
+        if self._handle.dtype != other._handle.dtype or self._handle.dtype == "bool":
+            dtype = _dt.promote_types(self._handle.dtype, other._handle.dtype)
+            if dtype == "bool":
+                raise TypeError(f"matmul: not defined for bool arrays (shapes {self.shape} and {other.shape})")
+            self, other = self.astype(dtype, copy=False), other.astype(dtype, copy=False)
         if len(self._shape) == 2 and len(other._shape) == 2 and other._device is self._device:
             # The common 2-D case without the batch bookkeeping.
             m, n = self._shape
             n2, p = other._shape
             if n != n2:
                 raise ValueError(f"matmul: shapes {self.shape} and {other.shape} are not aligned ({n} != {n2})")
-            out = _alloc((m, p), self._device)
+            out = _alloc((m, p), self._device, self._handle.dtype)
             if m and p:
                 if n == 0:
                     out.fill(0.0)
@@ -684,7 +772,7 @@ class NDArray:
             b = b.compact()
             b_batch = _merge_batch(b)
         batch = prod(batch_shape)
-        out = NDArray.make(batch_shape + (m, p), device=self.device)
+        out = NDArray.make(batch_shape + (m, p), device=self.device, dtype=self.dtype)
         if out.size:
             if n == 0:
                 out.fill(0.0)
@@ -712,7 +800,7 @@ class NDArray:
         """(n, d) array, (k,) integer-valued indices -> (k, d) with row r = self[idx[r]]."""
         idx = self._row_args(idx, "gather_rows")
         n, d = self._shape
-        out = _alloc((idx._shape[0], d), self._device)
+        out = _alloc((idx._shape[0], d), self._device, self._handle.dtype)
         self._device.gather_rows(self.compact()._handle, idx._handle, out._handle, n, d)
         return out
 
@@ -721,7 +809,7 @@ class NDArray:
         idx = self._row_args(idx, "scatter_add_rows")
         if idx._shape[0] != self._shape[0]:
             raise ValueError(f"scatter_add_rows: {idx._shape[0]} indices for {self._shape[0]} rows")
-        out = _alloc((int(num_rows), self._shape[1]), self._device)
+        out = _alloc((int(num_rows), self._shape[1]), self._device, self._handle.dtype)
         self._device.fill(out._handle, 0.0)
         self._device.scatter_add_rows(self.compact()._handle, idx._handle, out._handle, int(num_rows),
                                       self._shape[1])
@@ -729,13 +817,17 @@ class NDArray:
 
     # ---- reductions -------------------------------------------------------
     def _reduce(self, axis, keepdims, func, what):
+        # A sum of integers or bools is int64; a max keeps the dtype.
+        dtype = self._handle.dtype
+        if func is self._device.reduce_sum and dtype not in _dt.FLOATING:
+            dtype = "int64"
         ndim = len(self._shape)
         if not keepdims and ndim and (axis == ndim - 1 or axis == (ndim - 1,) or axis == -1 or axis == (-1,)) and (
             type(axis) is int or type(axis) is tuple
         ):
             # Reduce over the last axis: contiguous runs already, no permutation.
             r = self._shape[-1]
-            out = _alloc(self._shape[:-1], self._device)
+            out = _alloc(self._shape[:-1], self._device, dtype)
             if out._handle.size:
                 if r == 0:
                     if func is self.device.reduce_max:
@@ -759,7 +851,7 @@ class NDArray:
             out_shape = tuple(1 if i in axes else self.shape[i] for i in range(self.ndim))
         elif axis is None:
             out_shape = (1,)
-        out = NDArray.make(out_shape, device=self.device)
+        out = NDArray.make(out_shape, device=self.device, dtype=dtype)
         if out.size:
             if reduce_size == 0:
                 if func is self.device.reduce_max:
@@ -780,7 +872,7 @@ class NDArray:
         if plan is None:
             return None
         outer, reduce, inner, out_shape, strides = plan
-        handle = self._device.Array(outer * inner)
+        handle = self._device.Array(outer * inner, self._handle.dtype if self._handle.dtype in _dt.FLOATING else "int64")
         self._device.reduce_sum_middle(self._handle, handle, outer, reduce, inner)
         return _new(out_shape, strides, self._device, handle, 0)
 
@@ -808,7 +900,8 @@ class NDArray:
         (out (rows, cols), mean (cols,), biased var (cols,)) in one backend call."""
         x, w, b = self._bn_args("batch_norm", (weight, bias))
         rows, cols = x._shape
-        out, mean, var = _alloc(x._shape, x._device), _alloc((cols,), x._device), _alloc((cols,), x._device)
+        dt = x._handle.dtype
+        out, mean, var = _alloc(x._shape, x._device, dt), _alloc((cols,), x._device, dt), _alloc((cols,), x._device, dt)
         x._device.bn_forward(x._handle, w._handle, b._handle, out._handle, mean._handle, var._handle, rows, cols,
                              float(eps))
         return out, mean, var
@@ -824,10 +917,63 @@ class NDArray:
         (x,) = x._bn_args("batch_norm_grad", ())
         rows, cols = g._shape
         dev = g._device
-        dx, dw, db = _alloc(g._shape, dev), _alloc((cols,), dev), _alloc((cols,), dev)
+        dt = g._handle.dtype
+        dx, dw, db = _alloc(g._shape, dev, dt), _alloc((cols,), dev, dt), _alloc((cols,), dev, dt)
         dev.bn_backward(x._handle, g._handle, w._handle, m._handle, v._handle, dx._handle, dw._handle, db._handle,
                         rows, cols, float(eps))
         return dx, dw, db
+
+    # ---- fused loss and optimizer steps -----------------------------------
+    FUSED_DTYPES = ("float32", "float64")
+
+    def _fused_operands(self, what, arrays):
+        for a in arrays:
+            if not isinstance(a, NDArray) or a._device != self._device:
+                raise TypeError(f"{what}: operands must be NDArrays on {self.device}")
+            if a._handle.dtype != self._handle.dtype:
+                raise TypeError(f"{what}: dtypes {self.dtype} and {a.dtype} differ")
+        return [a.compact() for a in arrays]
+
+    def softmax_xent(self, labels):
+        """Mean softmax cross-entropy of logits self (n, k) against class numbers ``labels``
+        (n,) (any integer dtype, or float-encoded): (loss (), row log-sum-exps (n,))."""
+        if self.ndim != 2 or not isinstance(labels, NDArray) or labels.shape != self._shape[:1]:
+            raise ValueError(f"softmax_xent: need logits (n, k) and labels (n,), got {self.shape} and "
+                             f"{getattr(labels, 'shape', labels)}")
+        z = self.compact()
+        n, k = z._shape
+        lse, loss = _alloc((n,), z._device, z.dtype), _alloc((1,), z._device, z.dtype)
+        z._device.softmax_xent(z._handle, labels.compact()._handle, lse._handle, loss._handle, n, k)
+        return loss.reshape(()), lse
+
+    def softmax_xent_grad(self, labels, lse, g, scale):
+        """(softmax(self) - onehot(labels)) * g * scale for logits self (n, k), the forward's
+        ``lse`` (n,) and the upstream scalar ``g`` (1 element)."""
+        (z, lse, g) = self._fused_operands("softmax_xent_grad", (self, lse, g))
+        n, k = z._shape
+        out = _alloc((n, k), z._device, z.dtype)
+        z._device.softmax_xent_grad(z._handle, labels.compact()._handle, lse._handle, g._handle, out._handle, n, k,
+                                    float(scale))
+        return out
+
+    def adam_step(self, g, m, v, lr, beta1, beta2, eps, weight_decay, decay, bias_c1, bias_c2):
+        """The parameter self after one Adam step with gradient g; the compact state arrays
+        m and v are updated in place (see the backend's adam_step)."""
+        w, g = self._fused_operands("adam_step", (self, g))
+        self._fused_operands("adam_step", (m, v))
+        out = _alloc(w._shape, w._device, w.dtype)
+        w._device.adam_step(w._handle, g._handle, m._handle, v._handle, out._handle, lr, beta1, beta2, eps,
+                            weight_decay, decay, bias_c1, bias_c2)
+        return out
+
+    def sgd_step(self, g, u, lr, momentum, weight_decay):
+        """The parameter self after one SGD step with gradient g; the compact momentum u is
+        updated in place (not read when momentum is 0)."""
+        w, g = self._fused_operands("sgd_step", (self, g))
+        out = _alloc(w._shape, w._device, w.dtype)
+        u = w if not momentum else u
+        w._device.sgd_step(w._handle, g._handle, u._handle, out._handle, lr, momentum, weight_decay)
+        return out
 
     # ---- flip and pad -----------------------------------------------------
     def flip(self, axes=None):
@@ -839,8 +985,7 @@ class NDArray:
             if self.shape[ax]:
                 offset += (self.shape[ax] - 1) * strides[ax]
             strides[ax] = -strides[ax]
-        view = NDArray.make(self.shape, strides=strides, device=self.device, handle=self._handle, offset=offset)
-        return view.copy()
+        return _new(self._shape, tuple(strides), self._device, self._handle, offset).copy()
 
     def pad(self, axes):
         """Zero padding: ``axes`` holds a (left, right) pair for every dim, like np.pad."""
@@ -850,7 +995,7 @@ class NDArray:
         if any(int(l) < 0 or int(r) < 0 for l, r in axes):
             raise ValueError(f"pad: widths must be >= 0, got {axes}")
         new_shape = tuple(n + l + r for n, (l, r) in zip(self.shape, axes))
-        out = _alloc(new_shape, self._device)
+        out = _alloc(new_shape, self._device, self._handle.dtype)
         if not out.size:
             return out
         if not self.size:
@@ -885,9 +1030,10 @@ def _merge_batch(a):
 
 
 # ---- module-level API ------------------------------------------------------
-def array(a, dtype="float32", device=None):
-    """An NDArray copy of ``a`` (float32 whatever ``dtype`` says, per the backend contract)."""
-    return NDArray(a, device=device)
+def array(a, dtype=None, device=None):
+    """An NDArray copy of ``a`` in ``dtype``; None infers it as PyTorch does for Python
+    data: floating data float32, integers int64 (numpy int32/uint8 kept), bool bool."""
+    return NDArray(a, device=device, dtype=dtype)
 
 
 def empty(shape, dtype="float32", device=None):
@@ -938,6 +1084,9 @@ def stack(arrays, axis=0):
     if not arrays:
         raise ValueError("stack: need at least one array")
     shape, device = arrays[0].shape, arrays[0].device
+    dtype = arrays[0].dtype
+    for a in arrays[1:]:
+        dtype = _dt.promote_types(dtype, a.dtype)
     for i, a in enumerate(arrays):
         if a.shape != shape:
             raise ValueError(f"stack: array {i} has shape {a.shape}, expected {shape}")
@@ -946,12 +1095,13 @@ def stack(arrays, axis=0):
     if not -len(shape) - 1 <= axis <= len(shape):
         raise ValueError(f"stack: axis {axis} out of range for {len(shape) + 1}-d result")
     axis %= len(shape) + 1
-    out = empty(shape[:axis] + (len(arrays),) + shape[axis:], device=device)
+    out = empty(shape[:axis] + (len(arrays),) + shape[axis:], dtype=dtype, device=device)
     if not out.size:
         return out
     # Write each array straight into its slab (the view out[..., i, ...] without index parsing).
     strides = out._strides
     part_strides = list(strides[:axis] + strides[axis + 1:])
     for i, a in enumerate(arrays):
-        device.ewise_setitem(a.compact()._handle, out._handle, list(shape), part_strides, i * strides[axis])
+        a = a.compact() if a.dtype == dtype else a.astype(dtype)
+        device.ewise_setitem(a._handle, out._handle, list(shape), part_strides, i * strides[axis])
     return out

@@ -18,7 +18,8 @@ Dtype rules shared by every backend:
 """
 import numpy as np
 
-from .dtypes import DTYPES, FLOATING, HALF, INTEGRAL, to_numpy_dtype
+from .dtypes import DTYPES, FLOATING, HALF, INTEGRAL
+from .dtypes import to_numpy_dtype as _np_dtype
 
 __device_name__ = "numpy"
 __tile_size__ = 8
@@ -34,7 +35,7 @@ class Array:
         if dtype not in DTYPES:
             raise TypeError(f"Array: unsupported dtype {dtype!r}; supported: {', '.join(DTYPES)}")
         self.dtype = dtype
-        self.array = np.empty(size, dtype=to_numpy_dtype(dtype))
+        self.array = np.empty(size, dtype=_np_dtype(dtype))
 
     @property
     def size(self):
@@ -71,8 +72,8 @@ _FUSED = frozenset({"float32", "float64"})
 
 
 def _acc(dtype):
-    """The numpy dtype arithmetic runs in: float32 for the halves, the dtype otherwise."""
-    return np.float32 if dtype in HALF else to_numpy_dtype(dtype)
+    """The numpy scalar type arithmetic runs in: float32 for the halves, the dtype's otherwise."""
+    return np.float32 if dtype in HALF else _np_dtype(dtype).type
 
 
 def _x(a):
@@ -89,7 +90,7 @@ def _store(out, values):
 def _cast_scalar(val, dtype):
     """A Python scalar as a value of the compute dtype of ``dtype`` (ints truncate like numpy)."""
     with np.errstate(all="ignore"):
-        return np.array([val]).astype(to_numpy_dtype(dtype)).astype(_acc(dtype))[0]
+        return np.array([val]).astype(_np_dtype(dtype)).astype(_acc(dtype))[0]
 
 
 def _view(a, shape, strides, offset):
@@ -425,7 +426,7 @@ def _fused(fn, *bufs):
     """The one dtype of a fused kernel's float buffers: float32 or float64."""
     dt = _same_dtype(fn, *bufs)
     _need(fn, dt, _FUSED, "needs float32 or float64")
-    return to_numpy_dtype(dt).type
+    return _np_dtype(dt).type
 
 
 def _check_bn(fn, rows, cols, full, vecs):

@@ -22,7 +22,8 @@ from .ops_mathematic import broadcast_to, exp, reshape, summation
 
 
 def _label_array(labels, like):
-    """Labels as int64 numpy (np mode) or a float32-encoded (n,) NDArray on ``like``'s device."""
+    """Labels as int64 numpy (np mode) or an (n,) NDArray on ``like``'s device (any integer
+    dtype, or the course's float32-encoded class numbers)."""
     if isinstance(labels, Tensor):
         labels = labels.realize_cached_data()
     if B.NP:
@@ -31,7 +32,7 @@ def _label_array(labels, like):
         if labels.device != like.device:
             labels = labels.to(like.device)
         return labels.compact().reshape((labels.size,))
-    return NDArray(numpy.asarray(labels, dtype=numpy.float32).reshape(-1), device=like.device)
+    return NDArray(numpy.asarray(labels).reshape(-1), device=like.device)
 
 
 def _check(z, labels, op):
@@ -40,14 +41,6 @@ def _check(z, labels, op):
     n = z.shape[0]
     if labels.shape[0] != n:
         raise ValueError(f"{op}: {labels.shape[0]} labels for logits of shape {tuple(z.shape)}")
-
-
-def _fused(device, name):
-    """The backend function ``name`` if the device's module has it (else None: numpy fallback)."""
-    try:
-        return getattr(device, name)
-    except AttributeError:
-        return None
 
 
 def _np_lse(z):
@@ -77,19 +70,11 @@ class SoftmaxCrossEntropy(TensorOp):
                 raise IndexError(f"softmax_cross_entropy: labels must lie in [0, {k})")
             self.lse = _np_lse(z)
             return numpy.asarray(numpy.mean(self.lse - z[numpy.arange(n), labels]), dtype=z.dtype)
-        fn = _fused(z.device, "softmax_xent")
-        if fn is None:  # a backend without the fused kernel: the same formula on the host
-            zn = z.numpy()
-            lse = _np_lse(zn)
-            self.lse = NDArray(lse, device=z.device)
-            rows = labels.numpy().astype(numpy.int64)
-            return NDArray(numpy.asarray([numpy.mean(lse - zn[numpy.arange(n), rows])]),
-                           device=z.device).reshape(())
-        z = z.compact()
-        self.lse = NDArray.make((n,), device=z.device)
-        loss = NDArray.make((1,), device=z.device)
-        fn(z._handle, labels._handle, self.lse._handle, loss._handle, n, k)
-        return loss.reshape(())
+        if z.dtype not in NDArray.FUSED_DTYPES:  # halves: the loss is computed in float32
+            loss, self.lse = z.astype("float32").softmax_xent(labels)
+            return loss.astype(z.dtype)
+        loss, self.lse = z.softmax_xent(labels)
+        return loss
 
     def gradient(self, out_grad, node):
         return SoftmaxCrossEntropyGrad(self.labels, self.lse)(node.inputs[0], out_grad)
@@ -120,15 +105,10 @@ class SoftmaxCrossEntropyGrad(TensorOp):
             p = numpy.exp(z - self.lse[:, None])
             p[numpy.arange(n), self.labels] -= 1
             return (p * (numpy.asarray(g).reshape(()) / n)).astype(z.dtype, copy=False)
-        fn = _fused(z.device, "softmax_xent_grad")
-        if fn is None:
-            p = numpy.exp(z.numpy() - self.lse.numpy()[:, None])
-            p[numpy.arange(n), self.labels.numpy().astype(numpy.int64)] -= 1
-            return NDArray(p * (float(g.numpy().reshape(-1)[0]) / n), device=z.device)
-        z = z.compact()
-        out = NDArray.make((n, k), device=z.device)
-        fn(z._handle, self.labels._handle, self.lse._handle, g.compact()._handle, out._handle, n, k, 1.0 / n)
-        return out
+        if z.dtype not in NDArray.FUSED_DTYPES:
+            grad = z.astype("float32").softmax_xent_grad(self.labels, self.lse, g.astype("float32"), 1.0 / n)
+            return grad.astype(z.dtype)
+        return z.softmax_xent_grad(self.labels, self.lse, g, 1.0 / n)
 
     def gradient(self, out_grad, node):
         z, g = node.inputs

@@ -179,6 +179,24 @@ def divide_scalar(a, scalar):
     return DivScalar(scalar)(a)
 
 
+class Cast(TensorOp):
+    """x converted to ``dtype`` (a name or numpy dtype). Gradient: the upstream gradient
+    converted back to x's dtype, so every gradient has the dtype of its tensor."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def compute(self, a):
+        return a.astype(self.dtype)
+
+    def gradient(self, out_grad, node):
+        return cast(out_grad, node.inputs[0].dtype)
+
+
+def cast(a, dtype):
+    return Cast(dtype)(a)
+
+
 class Negate(TensorOp):
     def compute(self, a):
         return -a
