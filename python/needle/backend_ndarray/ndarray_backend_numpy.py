@@ -16,6 +16,8 @@ Dtype rules shared by every backend:
   integers and bools are int64.
 - A wrong dtype is a TypeError naming the function and the dtypes.
 """
+import warnings
+
 import numpy as np
 
 from .dtypes import DTYPES, FLOATING, HALF, INTEGRAL
@@ -83,7 +85,8 @@ def _x(a):
 
 def _store(out, values):
     """Write values (any dtype) into out with out's dtype; float -> int casts follow numpy."""
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         out.array[:] = values
 
 
@@ -129,7 +132,8 @@ def astype(a, out):
     if a.size != out.size:
         raise ValueError(f"astype: input has {a.size} elements, out has {out.size}")
     src = a.array.astype(np.float32) if a.dtype == "bfloat16" and out.dtype not in FLOATING else a.array
-    _store(out, src.astype(out.array.dtype) if out.dtype != "bfloat16" else src)
+    with np.errstate(all="ignore"):
+        _store(out, src.astype(out.array.dtype) if out.dtype != "bfloat16" else src)
 
 
 def compact(a, out, shape, strides, offset):
