@@ -31,6 +31,22 @@ void set_num_threads(int n) {
 #endif
 }
 
+// Interned dtype names: `Array.dtype` returns these objects and `Array(size, dtype)`
+// recognises them by identity, so the per-op dtype traffic costs no string work.
+py::handle dtype_str(DType dt) {
+  static PyObject* names[kNumDTypes] = {};
+  PyObject*& s = names[static_cast<int>(dt)];
+  if (s == nullptr) s = PyUnicode_InternFromString(dtype_name(dt));
+  return s;
+}
+
+DType dtype_arg(py::handle name) {
+  for (int i = 0; i < kNumDTypes; ++i)
+    if (name.ptr() == dtype_str(static_cast<DType>(i)).ptr()) return static_cast<DType>(i);
+  if (!py::isinstance<py::str>(name)) throw py::type_error("Array: dtype must be a dtype name (str)");
+  return parse_dtype("Array", name.cast<std::string>());
+}
+
 // The numpy dtype of a needle dtype (bfloat16 is ml_dtypes' type).
 py::dtype numpy_dtype(DType dt) {
   if (dt == DType::kBFloat16) return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16"));
@@ -72,11 +88,11 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   }
 
   py::class_<Buffer>(m, "Array")
-      .def(py::init([](int64_t size, const std::string& dtype) { return new Buffer(size, parse_dtype("Array", dtype)); }),
-           py::arg("size"), py::arg("dtype") = "float32")
+      .def(py::init([](int64_t size, py::object dtype) { return new Buffer(size, dtype_arg(dtype)); }), py::arg("size"),
+           py::arg("dtype") = "float32")
       .def("ptr", &Buffer::ptr_as_int)
       .def_readonly("size", &Buffer::size)
-      .def_property_readonly("dtype", [](const Buffer& b) { return dtype_name(b.dtype); })
+      .def_property_readonly("dtype", [](const Buffer& b) { return py::reinterpret_borrow<py::str>(dtype_str(b.dtype)); })
       .def_property_readonly("itemsize", &Buffer::itemsize);
 
   m.def("to_numpy", ToNumpy);

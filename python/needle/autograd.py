@@ -464,7 +464,8 @@ def compute_gradient_of_variables(output_tensor, out_grad):
                     raise RuntimeError(
                         f"{type(op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
                     )
-                if _ND and g.dtype != inp.dtype:  # a promoted op: the gradient takes its input's dtype
+                if _ND and g.realize_cached_data()._dtype is not inp.realize_cached_data()._dtype \
+                        and g.dtype != inp.dtype:  # a promoted op: the gradient takes its input's dtype
                     g = needle.ops.cast(g, inp.dtype)
             partial = grads.get(inp)
             if partial is None:

@@ -41,14 +41,16 @@ def _compact_strides(shape):
     return tuple(reversed(res))
 
 
-def _new(shape, strides, device, handle, offset):
-    """Unchecked header constructor for the internal hot paths (arguments already valid)."""
+def _new(shape, strides, device, handle, offset, dtype=None):
+    """Unchecked header constructor for the internal hot paths (arguments already valid;
+    ``dtype`` is the handle's, read from it when not given)."""
     array = object.__new__(NDArray)
     array._shape = shape
     array._strides = strides
     array._offset = offset
     array._device = device
     array._handle = handle
+    array._dtype = handle.dtype if dtype is None else dtype
     return array
 
 
@@ -60,6 +62,7 @@ def _alloc(shape, device, dtype="float32"):
     array._offset = 0
     array._device = device
     array._handle = device.Array(math.prod(shape), dtype)
+    array._dtype = dtype
     return array
 
 
@@ -235,7 +238,7 @@ def _from_numpy(data, device, dtype):
 class NDArray:
     """An N-d array of one dtype (``dtypes.DTYPES``, float32 by default) on a device.
 
-    Fields: ``_shape``, ``_strides`` (in elements), ``_offset`` (in elements),
+    Fields: ``_shape``, ``_strides`` (in elements), ``_offset`` (in elements), ``_dtype``,
     ``_device`` and ``_handle`` (the typed device buffer, shared by views; its
     ``dtype`` is the array's).
     """
@@ -262,6 +265,7 @@ class NDArray:
         self._offset = other._offset
         self._device = other._device
         self._handle = other._handle
+        self._dtype = other._dtype
 
     @staticmethod
     def compact_strides(shape):
@@ -283,6 +287,7 @@ class NDArray:
             array._handle = array._device.Array(prod(array._shape), _dt.canonical(dtype))
         else:
             array._handle = handle
+        array._dtype = array._handle.dtype
         return array
 
     # ---- properties -------------------------------------------------------
@@ -300,17 +305,17 @@ class NDArray:
 
     @property
     def dtype(self):
-        return self._handle.dtype
+        return self._dtype
 
     @property
     def itemsize(self):
-        return _dt.ITEMSIZE[self._handle.dtype]
+        return _dt.ITEMSIZE[self._dtype]
 
     def astype(self, dtype, copy=True):
         """A compact copy converted to ``dtype`` (numpy's casts; ``copy=False`` returns
         self when the dtype already matches)."""
         dtype = _dt.canonical(dtype)
-        if dtype == self._handle.dtype:
+        if dtype == self._dtype:
             return self.copy() if copy else self
         src = self.compact()
         out = _alloc(self._shape, self._device, dtype)
@@ -367,7 +372,7 @@ class NDArray:
         return self if self.is_compact() else self.copy()
 
     def copy(self):
-        out = _alloc(self._shape, self._device, self._handle.dtype)
+        out = _alloc(self._shape, self._device, self._dtype)
         if out._handle.size:
             self._device.compact(self._handle, out._handle, list(self._shape), list(self._strides), self._offset)
         return out
@@ -411,7 +416,7 @@ class NDArray:
             base = self  # compact (any offset): a view
         else:
             base = self.compact()
-        return _new(new_shape, _compact_strides(new_shape), self._device, base._handle, base._offset)
+        return _new(new_shape, _compact_strides(new_shape), self._device, base._handle, base._offset, self._dtype)
 
     def permute(self, new_axes):
         new_axes = tuple(new_axes)
@@ -422,13 +427,8 @@ class NDArray:
         if axes is None:
             raise ValueError(f"permute: {new_axes} is not a permutation of the axes of an array of shape {self.shape}")
         shape, strides = self._shape, self._strides
-        return _new(
-            tuple([shape[a] for a in axes]),
-            tuple([strides[a] for a in axes]),
-            self._device,
-            self._handle,
-            self._offset,
-        )
+        return _new(tuple([shape[a] for a in axes]), tuple([strides[a] for a in axes]), self._device, self._handle,
+                    self._offset, self._dtype)
 
     def broadcast_to(self, new_shape):
         """View with stride 0 on broadcast dims (numpy rules, new leading dims allowed)."""
@@ -444,7 +444,7 @@ class NDArray:
                 strides.append(0)
             else:
                 raise ValueError(f"broadcast_to: cannot broadcast {self.shape} to {new_shape}")
-        return _new(new_shape, tuple(strides), self._device, self._handle, self._offset)
+        return _new(new_shape, tuple(strides), self._device, self._handle, self._offset, self._dtype)
 
     # ---- get and set elements --------------------------------------------
     def process_slice(self, sl, dim):
@@ -498,7 +498,7 @@ class NDArray:
         shape = tuple(max(0, (s.stop - s.start + s.step - 1) // s.step) for s in idxs)
         strides = tuple(st * s.step for st, s in zip(self.strides, idxs))
         offset = self._offset + _sum(st * s.start for st, s in zip(self.strides, idxs))
-        return _new(shape, strides, self._device, self._handle, offset)
+        return _new(shape, strides, self._device, self._handle, offset, self._dtype)
 
     def split_copies(self, axis):
         """Compact copies of ``self[..., i, ...]`` along ``axis`` with that axis removed."""
@@ -509,7 +509,7 @@ class NDArray:
         part_strides = strides[:axis] + strides[axis + 1:]
         step = strides[axis]
         return [
-            _new(part_shape, part_strides, self._device, self._handle, self._offset + i * step).copy()
+            _new(part_shape, part_strides, self._device, self._handle, self._offset + i * step, self._dtype).copy()
             for i in range(shape[axis])
         ]
 
@@ -556,8 +556,8 @@ class NDArray:
         is_array = isinstance(other, NDArray)
         if not is_array and type(other) is not float and type(other) is not int and not _is_scalar(other):
             raise TypeError(f"{what}: operand must be an NDArray or a number, got {type(other).__name__}")
-        mine = self._handle.dtype
-        if is_array and other._handle.dtype == mine:
+        mine = self._dtype
+        if is_array and other._dtype == mine:
             dtype = mine
         elif not is_array and type(other) is float and mine in _dt.FLOATING:
             dtype = mine  # the common case: a float scalar never widens a float array
@@ -567,7 +567,7 @@ class NDArray:
             dtype = _dt.DEFAULT_FLOAT
         a = self if mine == dtype else self.astype(dtype)
         if is_array:
-            if other._handle.dtype != dtype:
+            if other._dtype != dtype:
                 other = other.astype(dtype)
         elif _big_int(other) or (dtype not in _dt.FLOATING and isinstance(other, (float, np.floating))
                                    and not float(other).is_integer()):
@@ -581,11 +581,22 @@ class NDArray:
         result has that dtype (or ``out_dtype``: bool for comparisons). A dense but permuted
         operand (every element once, e.g. an NCHW view of an NHWC buffer) is not compacted:
         the result gets its strides, and the other operand is copied into that layout."""
-        self, other = self._operands(other, what, float_only)
+        dtype = self._dtype
+        if type(other) is NDArray and other._dtype is dtype:
+            is_array = True  # the common case: no promotion
+        elif (type(other) is float or type(other) is int) and dtype in _dt.FLOATING:
+            is_array = False  # a Python number never widens a float array
+        else:
+            self, other = self._operands(other, what, float_only)
+            dtype = self._dtype
+            is_array = isinstance(other, NDArray)
+        if float_only and dtype not in _dt.FLOATING:
+            self = self.astype(_dt.DEFAULT_FLOAT)
+            other = other.astype(_dt.DEFAULT_FLOAT) if is_array else other
+            dtype = _dt.DEFAULT_FLOAT
         shape = self._shape
         device = self._device
-        dtype = out_dtype or self._handle.dtype
-        is_array = isinstance(other, NDArray)
+        dtype = out_dtype or dtype
         size = math.prod(shape)
         if is_array:
             if other._shape != shape or other._device is not device:
@@ -597,11 +608,11 @@ class NDArray:
                     # Both operands compact: the common case, no layout work.
                     handle = device.Array(size, dtype)
                     ewise_func(self._handle, other._handle, handle)
-                    return _new(shape, compact, device, handle, 0)
+                    return _new(shape, compact, device, handle, 0, dtype)
         elif size and not self._offset and self._handle.size == size and self._strides == _compact_strides(shape):
             handle = device.Array(size, dtype)
             scalar_func(self._handle, float(other), handle)
-            return _new(shape, self._strides, device, handle, 0)
+            return _new(shape, self._strides, device, handle, 0, dtype)
         if size == 0:
             return _alloc(shape, device, dtype)
         if is_array and what in _ROW_OPS and out_dtype is None:
@@ -618,7 +629,7 @@ class NDArray:
             ewise_func(_in_layout(self, strides), _in_layout(other, strides), handle)
         else:
             scalar_func(_in_layout(self, strides), float(other), handle)
-        return _new(shape, strides, device, handle, 0)
+        return _new(shape, strides, device, handle, 0, dtype)
 
     def _ewise_rows(self, other, op, size):
         """f(full, row) when one operand is compact and the other is a row of its trailing
@@ -630,9 +641,9 @@ class NDArray:
             cols = _row_cols(row._shape, row._strides)
             if cols is None:
                 continue
-            handle = self._device.Array(size, self._handle.dtype)
+            handle = self._device.Array(size, self._dtype)
             self._device.ewise_rows(op, full._handle, row._handle, row._offset, handle, cols, swap)
-            return _new(self._shape, compact, self._device, handle, 0)
+            return _new(self._shape, compact, self._device, handle, 0, self._dtype)
         return None
 
     def __add__(self, other):
@@ -664,7 +675,7 @@ class NDArray:
         return full(self.shape, other, dtype=dtype, device=self.device) / self
 
     def __neg__(self):
-        if self._handle.dtype == "bool":
+        if self._dtype == "bool":
             raise TypeError("negate: not defined for bool arrays (use logical not)")
         return self * (-1)
 
@@ -675,42 +686,43 @@ class NDArray:
         return self.ewise_or_scalar(other, self._device.ewise_maximum, self._device.scalar_maximum, "maximum")
 
     # Comparisons return bool arrays (numpy's semantics: NaN compares unequal to everything).
-    def _compare(self, other, op):
-        dev = self._device
-        return self.ewise_or_scalar(other, getattr(dev, "ewise_" + op), getattr(dev, "scalar_" + op), op,
-                                    out_dtype="bool")
-
     def __eq__(self, other):
-        return self._compare(other, "eq")
+        d = self._device
+        return self.ewise_or_scalar(other, d.ewise_eq, d.scalar_eq, "eq", out_dtype="bool")
 
     def __ne__(self, other):
-        return self._compare(other, "ne")
+        d = self._device
+        return self.ewise_or_scalar(other, d.ewise_ne, d.scalar_ne, "ne", out_dtype="bool")
 
     def __lt__(self, other):
-        return self._compare(other, "lt")
+        d = self._device
+        return self.ewise_or_scalar(other, d.ewise_lt, d.scalar_lt, "lt", out_dtype="bool")
 
     def __le__(self, other):
-        return self._compare(other, "le")
+        d = self._device
+        return self.ewise_or_scalar(other, d.ewise_le, d.scalar_le, "le", out_dtype="bool")
 
     def __gt__(self, other):
-        return self._compare(other, "gt")
+        d = self._device
+        return self.ewise_or_scalar(other, d.ewise_gt, d.scalar_gt, "gt", out_dtype="bool")
 
     def __ge__(self, other):
-        return self._compare(other, "ge")
+        d = self._device
+        return self.ewise_or_scalar(other, d.ewise_ge, d.scalar_ge, "ge", out_dtype="bool")
 
     __hash__ = None
 
     def _unary(self, func):
         """func on a floating dtype (integer and bool input is computed in float32)."""
-        if self._handle.dtype not in _dt.FLOATING:
+        if self._dtype not in _dt.FLOATING:
             self = self.astype(_dt.DEFAULT_FLOAT)
         size = math.prod(self._shape)
         if size == 0:
-            return _alloc(self._shape, self._device, self._handle.dtype)
+            return _alloc(self._shape, self._device, self._dtype)
         strides = _dense_strides(self, size) or _compact_strides(self._shape)
-        handle = self._device.Array(size, self._handle.dtype)
+        handle = self._device.Array(size, self._dtype)
         func(_in_layout(self, strides), handle)
-        return _new(self._shape, strides, self._device, handle, 0)
+        return _new(self._shape, strides, self._device, handle, 0, self._dtype)
 
     def log(self):
         return self._unary(self._device.ewise_log)
@@ -730,8 +742,8 @@ class NDArray:
         """
         if not isinstance(other, NDArray):
             raise TypeError(f"matmul: operand must be an NDArray, got {type(other).__name__}")
-        if self._handle.dtype != other._handle.dtype or self._handle.dtype == "bool":
-            dtype = _dt.promote_types(self._handle.dtype, other._handle.dtype)
+        if self._dtype != other._dtype or self._dtype == "bool":
+            dtype = _dt.promote_types(self._dtype, other._dtype)
             if dtype == "bool":
                 raise TypeError(f"matmul: not defined for bool arrays (shapes {self.shape} and {other.shape})")
             self, other = self.astype(dtype, copy=False), other.astype(dtype, copy=False)
@@ -741,7 +753,7 @@ class NDArray:
             n2, p = other._shape
             if n != n2:
                 raise ValueError(f"matmul: shapes {self.shape} and {other.shape} are not aligned ({n} != {n2})")
-            out = _alloc((m, p), self._device, self._handle.dtype)
+            out = _alloc((m, p), self._device, self._dtype)
             if m and p:
                 if n == 0:
                     out.fill(0.0)
@@ -800,7 +812,7 @@ class NDArray:
         """(n, d) array, (k,) integer-valued indices -> (k, d) with row r = self[idx[r]]."""
         idx = self._row_args(idx, "gather_rows")
         n, d = self._shape
-        out = _alloc((idx._shape[0], d), self._device, self._handle.dtype)
+        out = _alloc((idx._shape[0], d), self._device, self._dtype)
         self._device.gather_rows(self.compact()._handle, idx._handle, out._handle, n, d)
         return out
 
@@ -809,7 +821,7 @@ class NDArray:
         idx = self._row_args(idx, "scatter_add_rows")
         if idx._shape[0] != self._shape[0]:
             raise ValueError(f"scatter_add_rows: {idx._shape[0]} indices for {self._shape[0]} rows")
-        out = _alloc((int(num_rows), self._shape[1]), self._device, self._handle.dtype)
+        out = _alloc((int(num_rows), self._shape[1]), self._device, self._dtype)
         self._device.fill(out._handle, 0.0)
         self._device.scatter_add_rows(self.compact()._handle, idx._handle, out._handle, int(num_rows),
                                       self._shape[1])
@@ -818,7 +830,7 @@ class NDArray:
     # ---- reductions -------------------------------------------------------
     def _reduce(self, axis, keepdims, func, what):
         # A sum of integers or bools is int64; a max keeps the dtype.
-        dtype = self._handle.dtype
+        dtype = self._dtype
         if func is self._device.reduce_sum and dtype not in _dt.FLOATING:
             dtype = "int64"
         ndim = len(self._shape)
@@ -872,7 +884,7 @@ class NDArray:
         if plan is None:
             return None
         outer, reduce, inner, out_shape, strides = plan
-        handle = self._device.Array(outer * inner, self._handle.dtype if self._handle.dtype in _dt.FLOATING else "int64")
+        handle = self._device.Array(outer * inner, self._dtype if self._dtype in _dt.FLOATING else "int64")
         self._device.reduce_sum_middle(self._handle, handle, outer, reduce, inner)
         return _new(out_shape, strides, self._device, handle, 0)
 
@@ -900,7 +912,7 @@ class NDArray:
         (out (rows, cols), mean (cols,), biased var (cols,)) in one backend call."""
         x, w, b = self._bn_args("batch_norm", (weight, bias))
         rows, cols = x._shape
-        dt = x._handle.dtype
+        dt = x._dtype
         out, mean, var = _alloc(x._shape, x._device, dt), _alloc((cols,), x._device, dt), _alloc((cols,), x._device, dt)
         x._device.bn_forward(x._handle, w._handle, b._handle, out._handle, mean._handle, var._handle, rows, cols,
                              float(eps))
@@ -917,7 +929,7 @@ class NDArray:
         (x,) = x._bn_args("batch_norm_grad", ())
         rows, cols = g._shape
         dev = g._device
-        dt = g._handle.dtype
+        dt = g._dtype
         dx, dw, db = _alloc(g._shape, dev, dt), _alloc((cols,), dev, dt), _alloc((cols,), dev, dt)
         dev.bn_backward(x._handle, g._handle, w._handle, m._handle, v._handle, dx._handle, dw._handle, db._handle,
                         rows, cols, float(eps))
@@ -930,7 +942,7 @@ class NDArray:
         for a in arrays:
             if not isinstance(a, NDArray) or a._device != self._device:
                 raise TypeError(f"{what}: operands must be NDArrays on {self.device}")
-            if a._handle.dtype != self._handle.dtype:
+            if a._dtype != self._dtype:
                 raise TypeError(f"{what}: dtypes {self.dtype} and {a.dtype} differ")
         return [a.compact() for a in arrays]
 
@@ -985,7 +997,7 @@ class NDArray:
             if self.shape[ax]:
                 offset += (self.shape[ax] - 1) * strides[ax]
             strides[ax] = -strides[ax]
-        return _new(self._shape, tuple(strides), self._device, self._handle, offset).copy()
+        return _new(self._shape, tuple(strides), self._device, self._handle, offset, self._dtype).copy()
 
     def pad(self, axes):
         """Zero padding: ``axes`` holds a (left, right) pair for every dim, like np.pad."""
@@ -995,7 +1007,7 @@ class NDArray:
         if any(int(l) < 0 or int(r) < 0 for l, r in axes):
             raise ValueError(f"pad: widths must be >= 0, got {axes}")
         new_shape = tuple(n + l + r for n, (l, r) in zip(self.shape, axes))
-        out = _alloc(new_shape, self._device, self._handle.dtype)
+        out = _alloc(new_shape, self._device, self._dtype)
         if not out.size:
             return out
         if not self.size:

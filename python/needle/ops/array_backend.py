@@ -91,8 +91,8 @@ def tanh(a):
 
 
 def as_float(mask, like):
-    """Comparison result as an array of ``like``'s dtype (NDArray comparisons already are)."""
-    return mask.astype(like.dtype) if NP else mask
+    """A comparison's bool result as an array of ``like``'s dtype."""
+    return mask.astype(like.dtype)
 
 
 def stack(arrays, axis):
