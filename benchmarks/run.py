@@ -38,7 +38,7 @@ for p in (os.path.join(ROOT, "python"), ROOT):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-SECTIONS = ["gemm", "conv_gemm", "bandwidth", "compact", "conv", "train", "overhead", "memory"]
+SECTIONS = ["gemm", "dtype_gemm", "conv_gemm", "bandwidth", "compact", "conv", "train", "overhead", "memory"]
 
 # ResNet9 conv layers (Cin, Cout, k, stride) on 32x32 CIFAR input, "same" padding k // 2.
 RESNET9_CONVS = [(3, 16, 7, 4), (16, 32, 3, 2), (32, 32, 3, 1), (32, 32, 3, 1),
@@ -127,7 +127,7 @@ def race(fns, min_time=0.3, min_reps=5, max_reps=200, stat="min", settle=0.0, bl
 def row(results, section, name, threads, unit, values, ratio_of="numpy", note=""):
     """values: {contender: throughput in unit}; ratio = needle / reference."""
     entry = {"section": section, "name": name, "threads": threads, "unit": unit, "values": values, "note": note}
-    for ref in ("numpy", "torch", "copy"):
+    for ref in ("numpy", "torch", "copy", "f32"):
         if ref in values and values.get("needle") and values[ref]:
             entry[f"ratio_vs_{ref}"] = values["needle"] / values[ref]
     results.append(entry)
@@ -139,9 +139,10 @@ def row(results, section, name, threads, unit, values, ratio_of="numpy", note=""
 # ---------------------------------------------------------------------------
 # Sections
 # ---------------------------------------------------------------------------
-def to_dev(cpu, x):
-    a = cpu.Array(x.size)
-    cpu.from_numpy(np.ascontiguousarray(x, dtype=np.float32).ravel(), a)
+def to_dev(cpu, x, dtype="float32"):
+    a = cpu.Array(x.size, dtype)
+    cpu.from_numpy(np.ascontiguousarray(x).ravel() if x.dtype != np.float64 or dtype == "float64" else
+                   np.ascontiguousarray(x, dtype=np.float32).ravel(), a)
     return a
 
 
@@ -169,6 +170,35 @@ def bench_gemm(ctx, threads):
     sizes = [64, 256, 1024] if ctx.quick else [64, 128, 256, 512, 1024, 2048]
     for s in sizes:
         gemm_race(ctx.cpu, ctx.torch, ctx.results, "gemm", f"sgemm {s}^3", threads, s, s, s, ctx.quick)
+
+
+def bench_dtype_gemm(ctx, threads):
+    """needle's GEMM in float64 (against numpy's dgemm), float16 and bfloat16 (against
+    needle's own float32 GEMM, "f32", and PyTorch's CPU matmul in the same dtype)."""
+    import ml_dtypes
+
+    cpu, torch = ctx.cpu, ctx.torch
+    np_types = {"float64": np.float64, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+    sizes = [256, 1024] if ctx.quick else [256, 1024, 2048]
+    rng = np.random.default_rng(0)
+    for dtype, np_type in np_types.items():
+        for s in sizes:
+            A32 = rng.standard_normal((s, s), dtype=np.float32)
+            B32 = rng.standard_normal((s, s), dtype=np.float32)
+            A, B = A32.astype(np_type), B32.astype(np_type)
+            a, b, c = to_dev(cpu, A, dtype), to_dev(cpu, B, dtype), cpu.Array(s * s, dtype)
+            a32, b32, c32 = to_dev(cpu, A32), to_dev(cpu, B32), cpu.Array(s * s)
+            fns = {"needle": lambda: cpu.matmul(a, b, c, s, s, s), "f32": lambda: cpu.matmul(a32, b32, c32, s, s, s)}
+            if dtype == "float64":
+                C = np.empty((s, s))
+                fns["numpy"] = lambda: np.matmul(A, B, out=C)
+            if torch is not None:
+                tdt = getattr(torch, dtype)
+                tA, tB = torch.from_numpy(A32).to(tdt), torch.from_numpy(B32).to(tdt)
+                fns["torch"] = lambda: torch.mm(tA, tB)
+            t = race(fns, min_time=0.1 if ctx.quick else 0.3)
+            row(ctx.results, "dtype_gemm", f"{dtype} gemm {s}^3", threads, "GFLOP/s",
+                {k: 2.0 * s ** 3 / v / 1e9 for k, v in t.items()})
 
 
 def bench_conv_gemm(ctx, threads):
@@ -502,7 +532,7 @@ class Ctx:
         self.torch_error = self.ndl_error = None
 
 
-RUNNERS = {"gemm": bench_gemm, "conv_gemm": bench_conv_gemm, "bandwidth": bench_bandwidth, "compact": bench_compact,
+RUNNERS = {"gemm": bench_gemm, "dtype_gemm": bench_dtype_gemm, "conv_gemm": bench_conv_gemm, "bandwidth": bench_bandwidth, "compact": bench_compact,
            "conv": bench_conv, "train": bench_train, "overhead": bench_overhead, "memory": bench_memory}
 
 
@@ -524,8 +554,9 @@ def format_table(results, info):
     lines = [f"Machine: {info['cpu']}, {info['cores']} cores; needle GEMM kernel: {info['needle_kernel']}; "
              f"numpy {info['numpy']}" + (f", torch {info['torch']}" if info.get("torch") else "") +
              f"; numpy threads via {info['numpy_threads_via']}. Date: {info['date']}.", "",
-             "| section | benchmark | threads | unit | needle | numpy | torch | needle/numpy | needle/torch | needle/copy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| section | benchmark | threads | unit | needle | numpy | torch | needle/numpy | needle/torch | "
+             "needle/copy | needle/needle-f32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, fmt="{:.2f}"):
         return "" if v is None else fmt.format(v)
@@ -538,7 +569,7 @@ def format_table(results, info):
         lines.append(f"| {r['section']} | {r['name']} | {r['threads']} | {r['unit']} | {f(v.get('needle'), '{:.1f}')} | "
                      f"{f(v.get('numpy'), '{:.1f}')} | {f(v.get('torch'), '{:.1f}')} | {f(r.get('ratio_vs_numpy'))} | "
                      f"{f(ratio_t) if 'overhead_x' not in r else 'time x' + f(r['overhead_x'])} | "
-                     f"{f(r.get('ratio_vs_copy'))} |")
+                     f"{f(r.get('ratio_vs_copy'))} | {f(r.get('ratio_vs_f32'))} |")
     return "\n".join(lines)
 
 

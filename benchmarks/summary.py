@@ -9,11 +9,16 @@ import sys
 ROWS = [
     ("gemm", "sgemm 256^3", "numpy"), ("gemm", "sgemm 512^3", "numpy"),
     ("gemm", "sgemm 1024^3", "numpy"), ("gemm", "sgemm 2048^3", "numpy"),
+    ("dtype_gemm", "float64 gemm 1024^3", "numpy"), ("dtype_gemm", "float64 gemm 2048^3", "numpy"),
+    ("dtype_gemm", "float16 gemm 1024^3", "f32"), ("dtype_gemm", "float16 gemm 2048^3", "f32"),
+    ("dtype_gemm", "bfloat16 gemm 1024^3", "f32"), ("dtype_gemm", "bfloat16 gemm 2048^3", "f32"),
     ("bandwidth", "ewise_add", "copy"), ("bandwidth", "reduce_sum", "copy"),
     ("compact", "transpose 2048^2", "numpy"),
     ("train", "step ResNet9", "torch"), ("train", "step MLPResNet", "torch"), ("train", "step LSTM", "torch"),
     ("overhead", "add 1-elem", "torch"), ("overhead", "tiny matmul", "torch"),
 ]
+
+REF_NAMES = {"f32": "needle float32"}
 
 
 def fmt(entry, ref):
@@ -44,7 +49,7 @@ def main(path):
             if settled:
                 cell += f" (settled {fmt(settled[0], ref)})"
             cells.append(cell)
-        print(f"| {prefix} | {ref} | {cells[0]} | {cells[1]} |")
+        print(f"| {prefix} | {REF_NAMES.get(ref, ref)} | {cells[0]} | {cells[1]} |")
     conv = [e for e in results if e["section"] == "conv" and e["name"].startswith("fwd+bwd") and e["threads"] == 1]
     if conv:
         ratios = ", ".join(f"{e['ratio_vs_torch']:.2f}" for e in conv)
