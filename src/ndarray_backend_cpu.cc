@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/scalar_caster.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/threads.h"
@@ -106,28 +107,28 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
 
   using B = const Buffer&;
   m.def("ewise_add", [](B a, B b, Buffer* o) { EwiseBinary("ewise_add", BinaryOp::kAdd, a, b, o); });
-  m.def("scalar_add", [](B a, double v, Buffer* o) { ScalarBinary("scalar_add", BinaryOp::kAdd, a, v, o); });
+  m.def("scalar_add", [](B a, Scalar v, Buffer* o) { ScalarBinary("scalar_add", BinaryOp::kAdd, a, v, o); });
   m.def("ewise_mul", [](B a, B b, Buffer* o) { EwiseBinary("ewise_mul", BinaryOp::kMul, a, b, o); });
-  m.def("scalar_mul", [](B a, double v, Buffer* o) { ScalarBinary("scalar_mul", BinaryOp::kMul, a, v, o); });
+  m.def("scalar_mul", [](B a, Scalar v, Buffer* o) { ScalarBinary("scalar_mul", BinaryOp::kMul, a, v, o); });
   m.def("ewise_div", [](B a, B b, Buffer* o) { EwiseBinary("ewise_div", BinaryOp::kDiv, a, b, o); });
-  m.def("scalar_div", [](B a, double v, Buffer* o) { ScalarBinary("scalar_div", BinaryOp::kDiv, a, v, o); });
+  m.def("scalar_div", [](B a, Scalar v, Buffer* o) { ScalarBinary("scalar_div", BinaryOp::kDiv, a, v, o); });
   m.def("ewise_power", [](B a, B b, Buffer* o) { EwiseBinary("ewise_power", BinaryOp::kPower, a, b, o); });
-  m.def("scalar_power", [](B a, double v, Buffer* o) { ScalarBinary("scalar_power", BinaryOp::kPower, a, v, o); });
+  m.def("scalar_power", [](B a, Scalar v, Buffer* o) { ScalarBinary("scalar_power", BinaryOp::kPower, a, v, o); });
   m.def("ewise_maximum", [](B a, B b, Buffer* o) { EwiseBinary("ewise_maximum", BinaryOp::kMaximum, a, b, o); });
-  m.def("scalar_maximum", [](B a, double v, Buffer* o) { ScalarBinary("scalar_maximum", BinaryOp::kMaximum, a, v, o); });
+  m.def("scalar_maximum", [](B a, Scalar v, Buffer* o) { ScalarBinary("scalar_maximum", BinaryOp::kMaximum, a, v, o); });
 
   m.def("ewise_eq", [](B a, B b, Buffer* o) { EwiseCompare("ewise_eq", CompareOp::kEq, a, b, o); });
-  m.def("scalar_eq", [](B a, double v, Buffer* o) { ScalarCompare("scalar_eq", CompareOp::kEq, a, v, o); });
+  m.def("scalar_eq", [](B a, Scalar v, Buffer* o) { ScalarCompare("scalar_eq", CompareOp::kEq, a, v, o); });
   m.def("ewise_ne", [](B a, B b, Buffer* o) { EwiseCompare("ewise_ne", CompareOp::kNe, a, b, o); });
-  m.def("scalar_ne", [](B a, double v, Buffer* o) { ScalarCompare("scalar_ne", CompareOp::kNe, a, v, o); });
+  m.def("scalar_ne", [](B a, Scalar v, Buffer* o) { ScalarCompare("scalar_ne", CompareOp::kNe, a, v, o); });
   m.def("ewise_lt", [](B a, B b, Buffer* o) { EwiseCompare("ewise_lt", CompareOp::kLt, a, b, o); });
-  m.def("scalar_lt", [](B a, double v, Buffer* o) { ScalarCompare("scalar_lt", CompareOp::kLt, a, v, o); });
+  m.def("scalar_lt", [](B a, Scalar v, Buffer* o) { ScalarCompare("scalar_lt", CompareOp::kLt, a, v, o); });
   m.def("ewise_le", [](B a, B b, Buffer* o) { EwiseCompare("ewise_le", CompareOp::kLe, a, b, o); });
-  m.def("scalar_le", [](B a, double v, Buffer* o) { ScalarCompare("scalar_le", CompareOp::kLe, a, v, o); });
+  m.def("scalar_le", [](B a, Scalar v, Buffer* o) { ScalarCompare("scalar_le", CompareOp::kLe, a, v, o); });
   m.def("ewise_gt", [](B a, B b, Buffer* o) { EwiseCompare("ewise_gt", CompareOp::kGt, a, b, o); });
-  m.def("scalar_gt", [](B a, double v, Buffer* o) { ScalarCompare("scalar_gt", CompareOp::kGt, a, v, o); });
+  m.def("scalar_gt", [](B a, Scalar v, Buffer* o) { ScalarCompare("scalar_gt", CompareOp::kGt, a, v, o); });
   m.def("ewise_ge", [](B a, B b, Buffer* o) { EwiseCompare("ewise_ge", CompareOp::kGe, a, b, o); });
-  m.def("scalar_ge", [](B a, double v, Buffer* o) { ScalarCompare("scalar_ge", CompareOp::kGe, a, v, o); });
+  m.def("scalar_ge", [](B a, Scalar v, Buffer* o) { ScalarCompare("scalar_ge", CompareOp::kGe, a, v, o); });
 
   m.def("ewise_log", [](B a, Buffer* o) { EwiseUnary("ewise_log", UnaryOp::kLog, a, o); });
   m.def("ewise_exp", [](B a, Buffer* o) { EwiseUnary("ewise_exp", UnaryOp::kExp, a, o); });

@@ -98,8 +98,18 @@ struct Convert<bfloat16_t> {
 template <typename To, typename From>
 NEEDLE_HD To convert(From x) { return Convert<To>::from(x); }
 
-// A Python scalar (passed as double) as a storage value of T.
+// A Python number as the backends receive it: integers exactly (as int64, wrapped
+// modulo 2^64 like numpy's casts when wider), everything else as a double.
+struct Scalar {
+  double f;    // the value as a double (for floating targets and for floats)
+  int64_t i;   // the value as an int64 when is_int
+  bool is_int;
+};
+
+// The scalar as a storage value of T, converted as numpy's np.array([v]).astype(T) does.
 template <typename T>
-NEEDLE_HD T scalar_as(double v) { return Convert<T>::from(v); }
+NEEDLE_HD T scalar_as(const Scalar& s) {
+  return s.is_int ? Convert<T>::from(s.i) : Convert<T>::from(s.f);
+}
 
 }  // namespace needle

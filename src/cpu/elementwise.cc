@@ -109,7 +109,7 @@ void binary(const char* fn, const Buffer& a, const Buffer& b, Buffer* out, F f, 
 }
 
 template <unsigned Mask, typename F>
-void with_scalar(const char* fn, const Buffer& a, double val, Buffer* out, F f, const char* what) {
+void with_scalar(const char* fn, const Buffer& a, Scalar val, Buffer* out, F f, const char* what) {
   const DType dt = check_same_dtype(fn, {a.dtype, out->dtype});
   check_dtype_in(fn, dt, Mask, what);
   check_same_size(fn, a.size, out->size);
@@ -134,7 +134,7 @@ void compare(const char* fn, const Buffer& a, const Buffer& b, Buffer* out, F f)
 }
 
 template <typename F>
-void compare_scalar(const char* fn, const Buffer& a, double val, Buffer* out, F f) {
+void compare_scalar(const char* fn, const Buffer& a, Scalar val, Buffer* out, F f) {
   check_dtype_is(fn, "out", out->dtype, DType::kBool);
   check_same_size(fn, a.size, out->size);
   dispatch(a.dtype, [&](auto tag) {
@@ -220,14 +220,14 @@ void EwiseBinary(const char* fn, BinaryOp op, const Buffer& a, const Buffer& b, 
   }
 }
 
-void ScalarBinary(const char* fn, BinaryOp op, const Buffer& a, double val, Buffer* out) {
+void ScalarBinary(const char* fn, BinaryOp op, const Buffer& a, Scalar val, Buffer* out) {
   switch (op) {
     case BinaryOp::kAdd: return with_scalar<kAllMask>(fn, a, val, out, Add{}, "");
     case BinaryOp::kMul: return with_scalar<kAllMask>(fn, a, val, out, Mul{}, "");
     case BinaryOp::kDiv: return with_scalar<kFloatingMask>(fn, a, val, out, Div{}, kFloating);
     case BinaryOp::kPower:
       if (a.dtype == DType::kFloat32 && out->dtype == DType::kFloat32 && a.size == out->size &&
-          float_power_fast(a, val, out))
+          float_power_fast(a, val.f, out))
         return;
       return with_scalar<kNumericMask>(fn, a, val, out, Power{}, kNumeric);
     case BinaryOp::kMaximum: return with_scalar<kAllMask>(fn, a, val, out, Maximum{}, "");
@@ -245,7 +245,7 @@ void EwiseCompare(const char* fn, CompareOp op, const Buffer& a, const Buffer& b
   }
 }
 
-void ScalarCompare(const char* fn, CompareOp op, const Buffer& a, double val, Buffer* out) {
+void ScalarCompare(const char* fn, CompareOp op, const Buffer& a, Scalar val, Buffer* out) {
   switch (op) {
     case CompareOp::kEq: return compare_scalar(fn, a, val, out, Eq{});
     case CompareOp::kNe: return compare_scalar(fn, a, val, out, Ne{});

@@ -9,6 +9,7 @@
 
 #include "buffer.h"
 #include "common/checks.h"
+#include "common/convert.h"
 
 namespace needle {
 namespace cpu {
@@ -16,8 +17,8 @@ namespace cpu {
 // ---- strided.cc: copies between strided views, fill, dtype conversion ----
 void Compact(const Buffer& a, Buffer* out, Shape shape, Shape strides, int64_t offset);
 void EwiseSetitem(const Buffer& a, Buffer* out, Shape shape, Shape strides, int64_t offset);
-void ScalarSetitem(int64_t size, double val, Buffer* out, Shape shape, Shape strides, int64_t offset);
-void Fill(Buffer* out, double val);
+void ScalarSetitem(int64_t size, Scalar val, Buffer* out, Shape shape, Shape strides, int64_t offset);
+void Fill(Buffer* out, Scalar val);
 void Astype(const Buffer& a, Buffer* out);
 
 // ---- elementwise.cc: binary, scalar, comparison and unary functions ----
@@ -25,9 +26,9 @@ enum class BinaryOp { kAdd, kMul, kDiv, kPower, kMaximum };
 enum class CompareOp { kEq, kNe, kLt, kLe, kGt, kGe };
 enum class UnaryOp { kLog, kExp, kTanh };
 void EwiseBinary(const char* fn, BinaryOp op, const Buffer& a, const Buffer& b, Buffer* out);
-void ScalarBinary(const char* fn, BinaryOp op, const Buffer& a, double val, Buffer* out);
+void ScalarBinary(const char* fn, BinaryOp op, const Buffer& a, Scalar val, Buffer* out);
 void EwiseCompare(const char* fn, CompareOp op, const Buffer& a, const Buffer& b, Buffer* out);
-void ScalarCompare(const char* fn, CompareOp op, const Buffer& a, double val, Buffer* out);
+void ScalarCompare(const char* fn, CompareOp op, const Buffer& a, Scalar val, Buffer* out);
 void EwiseUnary(const char* fn, UnaryOp op, const Buffer& a, Buffer* out);
 // The libm loop behind ewise_<op> (the reference of the vectorised float32 paths).
 void EwiseMathReference(const std::string& op, const Buffer& a, Buffer* out);

@@ -169,7 +169,7 @@ void set_view(const StridedView& v, const W* src, W* dst) {
 
 // val converted to out's dtype, as the bits of its width.
 template <typename W>
-W scalar_bits(DType dt, double val) {
+W scalar_bits(DType dt, const Scalar& val) {
   return dispatch(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T x = scalar_as<T>(val);
@@ -211,7 +211,7 @@ void EwiseSetitem(const Buffer& a, Buffer* out, Shape shape, Shape strides, int6
   });
 }
 
-void ScalarSetitem(int64_t size, double val, Buffer* out, Shape shape, Shape strides, int64_t offset) {
+void ScalarSetitem(int64_t size, Scalar val, Buffer* out, Shape shape, Shape strides, int64_t offset) {
   // Writes val (converted to out's dtype) into every element of the strided view of out.
   check_view("scalar_setitem", shape, strides, offset, out->size);
   StridedView v = simplify(shape, strides, offset);
@@ -229,7 +229,7 @@ void ScalarSetitem(int64_t size, double val, Buffer* out, Shape shape, Shape str
   });
 }
 
-void Fill(Buffer* out, double val) {
+void Fill(Buffer* out, Scalar val) {
   dispatch_width(out->dtype, [&](auto tag) {
     using W = typename decltype(tag)::type;
     const W bits = scalar_bits<W>(out->dtype, val);

@@ -195,11 +195,6 @@ def _broadcast_shapes(*shapes):
     return tuple(result)
 
 
-def _big_int(x):
-    """An integer a double cannot hold exactly (the kernels take scalars as doubles)."""
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and abs(int(x)) > 2**53
-
-
 def _is_scalar(x):
     return isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, (complex, np.complexfloating))
 
@@ -346,11 +341,7 @@ class NDArray:
     def fill(self, value):
         """Set every element of the underlying buffer to ``value`` (in place), converted to
         the array's dtype."""
-        if _big_int(value):
-            self._device.from_numpy(np.full(self._handle.size, value, dtype=_dt.to_numpy_dtype(self.dtype)),
-                                    self._handle)
-            return
-        self._device.fill(self._handle, float(value))
+        self._device.fill(self._handle, value)
 
     def to(self, device):
         if device == self.device:
@@ -518,8 +509,6 @@ class NDArray:
         view = self[idxs]
         if isinstance(other, np.ndarray):
             other = NDArray(other, device=self.device, dtype=self.dtype)
-        elif _big_int(other):
-            other = NDArray(np.array(other), device=self.device, dtype=self.dtype)
         if isinstance(other, NDArray):
             if other.device != self.device:
                 raise ValueError(f"setitem: value is on {other.device}, array is on {self.device}")
@@ -538,7 +527,7 @@ class NDArray:
         elif _is_scalar(other):
             if view.size:
                 self._device.scalar_setitem(
-                    view.size, float(other), view._handle, list(view.shape), list(view.strides), view._offset
+                    view.size, other, view._handle, list(view.shape), list(view.strides), view._offset
                 )
         else:
             raise TypeError(f"setitem: value must be an NDArray, numpy array or number, got {type(other).__name__}")
@@ -569,10 +558,6 @@ class NDArray:
         if is_array:
             if other._dtype != dtype:
                 other = other.astype(dtype)
-        elif _big_int(other) or (dtype not in _dt.FLOATING and isinstance(other, (float, np.floating))
-                                   and not float(other).is_integer()):
-            # Not exact as a double, or a float that the integer kernel would truncate.
-            other = full(self._shape, other, dtype=dtype, device=self._device)
         return a, other
 
     def ewise_or_scalar(self, other, ewise_func, scalar_func, what="elementwise op", out_dtype=None,
@@ -611,7 +596,7 @@ class NDArray:
                     return _new(shape, compact, device, handle, 0, dtype)
         elif size and not self._offset and self._handle.size == size and self._strides == _compact_strides(shape):
             handle = device.Array(size, dtype)
-            scalar_func(self._handle, float(other), handle)
+            scalar_func(self._handle, other, handle)
             return _new(shape, self._strides, device, handle, 0, dtype)
         if size == 0:
             return _alloc(shape, device, dtype)
@@ -628,7 +613,7 @@ class NDArray:
         if is_array:
             ewise_func(_in_layout(self, strides), _in_layout(other, strides), handle)
         else:
-            scalar_func(_in_layout(self, strides), float(other), handle)
+            scalar_func(_in_layout(self, strides), other, handle)
         return _new(shape, strides, device, handle, 0, dtype)
 
     def _ewise_rows(self, other, op, size):

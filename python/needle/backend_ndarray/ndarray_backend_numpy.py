@@ -191,6 +191,8 @@ def _int_power(x, y):
 
 
 def _power(x, y):
+    if np.ndim(y) == 0:  # numpy turns a scalar exponent of 0.5 into sqrt (sqrt(-inf) is NaN, pow's is inf)
+        y = np.full(np.shape(x), y, dtype=x.dtype)
     return _int_power(x, y) if x.dtype.kind in "iu" else np.power(x, y)
 
 
@@ -398,7 +400,8 @@ def reduce_sum(a, out, reduce_size):
     float32), int64 for integers and bool."""
     _check_reduce("reduce_sum", a, out, reduce_size, _sum_dtype(a.dtype))
     n = out.size
-    _store(out, _x(a)[: n * reduce_size].reshape(n, reduce_size).sum(axis=1, dtype=_acc(out.dtype)))
+    with np.errstate(all="ignore"):  # inf + -inf is NaN, as in the compiled kernels
+        _store(out, _x(a)[: n * reduce_size].reshape(n, reduce_size).sum(axis=1, dtype=_acc(out.dtype)))
 
 
 def reduce_sum_middle(a, out, outer, reduce, inner):

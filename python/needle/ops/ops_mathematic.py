@@ -589,14 +589,14 @@ def matmul(a, b):
 
 # ---- row gather / scatter-add ------------------------------------------------
 def _row_index_array(indices, like):
-    """Integer row numbers as the backend's index array: int64 numpy (np mode) or a
-    float32-encoded (k,) NDArray on ``like``'s device."""
+    """Integer row numbers as the backend's index array: int64 numpy (np mode) or a (k,)
+    NDArray on ``like``'s device (integers, or the course's integer-valued floats)."""
     if isinstance(indices, Tensor):
         indices = indices.realize_cached_data()
     if B.NP:
         return numpy.asarray(indices).astype(numpy.int64).reshape(-1)
     if isinstance(indices, numpy.ndarray) or not hasattr(indices, "compact"):
-        indices = NDArray(numpy.asarray(indices, dtype=numpy.float32).reshape(-1), device=like.device)
+        indices = NDArray(numpy.asarray(indices).reshape(-1), device=like.device)
     return indices.reshape((indices.size,))
 
 
