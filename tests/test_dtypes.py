@@ -351,3 +351,30 @@ def test_float64_gradcheck_in_nd_mode(name, f, inputs):
     assert all(a.dtype == "float64" for a in args)
     assert f(*args).dtype == "float64"
     ndl.autograd.gradcheck(f, *args, **GRADCHECK)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_a_model_of_any_float_dtype_trains_in_that_dtype(dtype, opt):
+    """Parameters, activations and gradients stay in the requested dtype; half-precision
+    parameters are updated in float32 by the optimizers (so float16 Adam does not divide by
+    an eps that rounds to 0) and written back in their dtype."""
+    np.random.seed(0)
+    nn = ndl.nn
+    model = nn.Sequential(nn.Conv(3, 4, 3, dtype=dtype), nn.BatchNorm2d(4, dtype=dtype), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 3, dtype=dtype), nn.LayerNorm1d(3, dtype=dtype))
+    make = {"adam": lambda ps: ndl.optim.Adam(ps, lr=1e-2), "sgd": lambda ps: ndl.optim.SGD(ps, lr=0.1, momentum=0.9)}
+    optimizer = make[opt](model.parameters())
+    x = ndl.Tensor(np.random.randn(6, 3, 8, 8), dtype=dtype)
+    y = ndl.Tensor(np.array([0, 1, 2, 0, 1, 2]))
+    losses = []
+    for _ in range(8):
+        optimizer.reset_grad()
+        loss = nn.SoftmaxLoss()(model(x), y)
+        loss.backward()
+        assert loss.dtype == dtype
+        assert {p.grad.dtype for p in model.parameters()} == {dtype}
+        optimizer.step()
+        assert {p.dtype for p in model.parameters()} == {dtype}
+        losses.append(float(loss.numpy()))
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]

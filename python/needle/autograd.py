@@ -487,7 +487,7 @@ class _Slot:
 def _zeros_like_array(a):
     if array_api is numpy:
         return Tensor.make_const(numpy.zeros(a.shape, dtype=a.dtype))
-    return Tensor.make_const(a.device.full(a.shape, 0.0))
+    return Tensor.make_const(a.device.full(a.shape, 0.0, a.dtype))
 
 
 def _sum_partials(node, partials):

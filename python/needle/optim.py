@@ -24,6 +24,8 @@ def _keep_dtype(arr, p):
 
 
 def _set_param(p, arr):
+    if not isinstance(arr, np.ndarray) and arr.dtype != p.dtype:
+        arr = arr.astype(p.dtype)  # a half-precision parameter updated in float32
     if not isinstance(arr, np.ndarray) and arr.dtype == p.dtype:
         p.cached_data = arr  # what ``p.data = Tensor.make_const(arr)`` does, minus the Tensor
         return
@@ -33,10 +35,14 @@ def _set_param(p, arr):
         p.data = Tensor.make_const(arr)  # a new NDArray: no copy needed
 
 
-def _fused(w):
-    """True when ``w`` is an NDArray whose dtype the backend's one-pass updates take
-    (float32, float64); else the composition below runs (np mode, half precision)."""
-    return not isinstance(w, np.ndarray) and w.dtype in w.FUSED_DTYPES
+def _fused_operands(w, g):
+    """(w, g) as the backend's one-pass updates take them, or None in np mode (then the
+    composition below runs). Half-precision parameters are updated in float32, with
+    float32 optimizer state (a float16 eps of 1e-8 is 0, and v underflows)."""
+    if isinstance(w, np.ndarray):
+        return None
+    dtype = w.dtype if w.dtype in w.FUSED_DTYPES else "float32"
+    return w.astype(dtype, copy=False), g.astype(dtype, copy=False)
 
 
 def _state(store, p, w):
@@ -169,7 +175,9 @@ class SGD(Optimizer):
                 continue
             w = _raw(p)
             g = _raw(p.grad)
-            if _fused(w) and g.dtype == w.dtype:  # one pass: g + wd*w, momentum, w - lr*u
+            fused = _fused_operands(w, g)
+            if fused is not None:  # one pass: g + wd*w, momentum, w - lr*u
+                w, g = fused
                 u = _state(self.u, p, w) if self.momentum else None
                 _set_param(p, w.sgd_step(g, u, self.lr, self.momentum, self.weight_decay))
                 continue
@@ -220,7 +228,9 @@ class Adam(Optimizer):
                 continue
             w = _raw(p)
             g = _raw(p.grad)
-            if _fused(w) and g.dtype == w.dtype:  # one pass per parameter; m and v updated in place
+            fused = _fused_operands(w, g)
+            if fused is not None:  # one pass per parameter; m and v updated in place
+                w, g = fused
                 m = _state(self.m, p, w)
                 v = _state(self.v, p, w)
                 _set_param(p, w.adam_step(g, m, v, self.lr, b1, b2, self.eps, l2, self._decay_factor(), c1, c2))

@@ -55,7 +55,7 @@ def full(shape, value, like):
     """An array of ``shape`` filled with ``value``, with ``like``'s dtype and device."""
     if NP:
         return np.full(tuple(shape), value, dtype=like.dtype)
-    return like.device.full(tuple(shape), value)
+    return like.device.full(tuple(shape), value, like.dtype)
 
 
 def pad(a, pads, value=0.0):
@@ -88,6 +88,15 @@ def exp(a):
 
 def tanh(a):
     return np.tanh(a) if NP else a.tanh()
+
+
+def fused_dtype(*arrays):
+    """True when the backend's fused kernels take these NDArrays: one dtype, float32 or
+    float64 (np mode and half precision run the compositions)."""
+    if NP:
+        return False
+    dtype = arrays[0].dtype
+    return dtype in arrays[0].FUSED_DTYPES and all(a.dtype == dtype for a in arrays)
 
 
 def as_float(mask, like):

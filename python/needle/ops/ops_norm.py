@@ -82,7 +82,7 @@ class _Norm(TensorOp):
         shape = tuple(x2.shape)
         ax, n = self.axis, shape[self.axis]
         cols = shape[1]
-        if ax == 0 and not B.NP:  # the backend's fused kernel: statistics and output in one call
+        if ax == 0 and B.fused_dtype(x2, w, b):  # the backend's fused kernel: statistics and output in one call
             out, self.mean, self.var = x2.batch_norm(_vec(w, cols), _vec(b, cols), self.eps)
             self.x2 = x2
             return self.unview(out, tuple(x.shape))
