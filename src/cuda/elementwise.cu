@@ -8,7 +8,6 @@
 #include <type_traits>
 
 #include "common/convert.h"
-#include "cuda/checks_cuda.cuh"
 #include "cuda/functors.cuh"
 #include "cuda/kernels.cuh"
 
@@ -19,18 +18,18 @@ namespace {
 
 // ---- float32 fast path ----
 
-// Binary op with a second operand either from memory (Scalar = false) or a constant.
-template <class Op, bool Scalar>
+// Binary op with a second operand either from memory (ByValue = false) or a constant.
+template <class Op, bool ByValue>
 struct BinaryApply {
   Op op;
   const float* b;
   float val;
   __device__ __forceinline__ float operator()(const float* a, int64_t i) const {
-    return op(a[i], Scalar ? val : b[i]);
+    return op(a[i], ByValue ? val : b[i]);
   }
   __device__ __forceinline__ float4 vec(const float* a, int64_t i4) const {
     const float4 x = reinterpret_cast<const float4*>(a)[i4];
-    const float4 y = Scalar ? make_float4(val, val, val, val) : reinterpret_cast<const float4*>(b)[i4];
+    const float4 y = ByValue ? make_float4(val, val, val, val) : reinterpret_cast<const float4*>(b)[i4];
     return make_float4(op(x.x, y.x), op(x.y, y.y), op(x.z, y.z), op(x.w, y.w));
   }
 };
@@ -69,11 +68,11 @@ void launch_f32(const char* name, const float* a, const float* b, float* out, in
 // ---- every other dtype ----
 
 // a, (b,) out are (n,) compact of T: out[i] = op(a[i], b[i] or val) in compute_t<T>.
-template <typename T, class Op, bool Scalar>
+template <typename T, class Op, bool ByValue>
 __global__ void binary_kernel(const T* a, const T* b, compute_t<T> val, T* out, int64_t n, Op op) {
   for (int64_t i = grid_tid(); i < n; i += grid_stride()) {
     compute_t<T> y;
-    if constexpr (Scalar) y = val;
+    if constexpr (ByValue) y = val;
     else y = widen(b[i]);
     out[i] = convert<T>(op(widen(a[i]), y));
   }
@@ -92,11 +91,11 @@ __device__ __forceinline__ bool compare(CompareOp op, C x, C y) {
 }
 
 // a, (b,) are (n,) compact of T, out (n,) compact bool.
-template <typename T, bool Scalar>
+template <typename T, bool ByValue>
 __global__ void compare_kernel(const T* a, const T* b, compute_t<T> val, bool* out, int64_t n, CompareOp op) {
   for (int64_t i = grid_tid(); i < n; i += grid_stride()) {
     compute_t<T> y;
-    if constexpr (Scalar) y = val;
+    if constexpr (ByValue) y = val;
     else y = widen(b[i]);
     out[i] = compare(op, widen(a[i]), y);
   }
@@ -108,33 +107,24 @@ __global__ void unary_kernel(const T* a, T* out, int64_t n, Op op) {
   for (int64_t i = grid_tid(); i < n; i += grid_stride()) out[i] = convert<T>(op(widen(a[i])));
 }
 
-constexpr const char* kNumeric = "a numeric (not bool) dtype";
-constexpr const char* kFloating = "a floating dtype";
-
-// out = op(a, b) (b non-null) or op(a, val), all of one dtype in Mask.
+// out = op(a, b) (b non-null) or op(a, val), all of one dtype in Mask; false when an
+// integer exponent was negative.
 template <unsigned Mask, class Op>
-void run_binary(const char* fn, Op op, const Array& a, const Array* b, double val, Array& out, const char* what) {
-  const DType dt = b != nullptr ? check_same_dtype(fn, {a.dtype, b->dtype, out.dtype})
-                                : check_same_dtype(fn, {a.dtype, out.dtype});
-  check_dtype_in(fn, dt, Mask, what);
-  check_same_size(fn, a.size, out.size);
-  if (b != nullptr) check_same_size(fn, b->size, out.size);
-  dispatch<Mask>(dt, [&](auto tag) {
+bool run_binary(const char* name, Op op, const Array& a, const Array* b, const Scalar& val, Array& out) {
+  const int64_t n = out.size;
+  if (n == 0) return true;
+  bool ok = true;
+  dispatch<Mask>(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    constexpr bool kIntPower = std::is_same_v<Op, PowerOp> && kWrapInt<T>;
     const T v = scalar_as<T>(val);  // the scalar in a's dtype (then its compute type)
-    if constexpr (kIntPower) {
-      if (b == nullptr && v < 0) throw_negative_int_power(fn);
-    }
-    const int64_t n = out.size;
-    if (n == 0) return;
     if constexpr (std::is_same_v<T, float>) {
       if (b != nullptr)
-        launch_f32(fn, a.data<float>(), b->data<float>(), out.data<float>(), n,
+        launch_f32(name, a.data<float>(), b->data<float>(), out.data<float>(), n,
                    BinaryApply<Op, false>{op, b->data<float>(), 0.f});
       else
-        launch_f32(fn, a.data<float>(), nullptr, out.data<float>(), n, BinaryApply<Op, true>{op, nullptr, v});
+        launch_f32(name, a.data<float>(), nullptr, out.data<float>(), n, BinaryApply<Op, true>{op, nullptr, v});
     } else {
+      constexpr bool kIntPower = std::is_same_v<Op, PowerOp> && kWrapInt<T>;
       std::unique_ptr<DeviceFlag> negative;
       Op f = op;
       if constexpr (kIntPower) {
@@ -148,71 +138,40 @@ void run_binary(const char* fn, Op op, const Array& a, const Array* b, double va
         binary_kernel<T, Op, false><<<grid, kThreads>>>(a.data<T>(), b->data<T>(), widen(v), out.data<T>(), n, f);
       else
         binary_kernel<T, Op, true><<<grid, kThreads>>>(a.data<T>(), nullptr, widen(v), out.data<T>(), n, f);
-      CHECK_LAUNCH(fn);
-      if (negative && negative->read()) throw_negative_int_power(fn);
+      CHECK_LAUNCH(name);
+      ok = !(negative && negative->read());
     }
   });
-}
-
-void run_binary_op(const char* fn, BinaryOp op, const Array& a, const Array* b, double val, Array& out) {
-  switch (op) {
-    case BinaryOp::kAdd: return run_binary<kAllMask>(fn, AddOp{}, a, b, val, out, "");
-    case BinaryOp::kMul: return run_binary<kAllMask>(fn, MulOp{}, a, b, val, out, "");
-    case BinaryOp::kDiv: return run_binary<kFloatingMask>(fn, DivOp{}, a, b, val, out, kFloating);
-    case BinaryOp::kPower: return run_binary<kNumericMask>(fn, PowerOp{}, a, b, val, out, kNumeric);
-    case BinaryOp::kMaximum: return run_binary<kAllMask>(fn, MaximumOp{}, a, b, val, out, "");
-  }
-}
-
-// out (bool) = op(a, b) (b non-null) or op(a, val converted to a's dtype).
-void run_compare(const char* fn, CompareOp op, const Array& a, const Array* b, double val, Array& out) {
-  if (b != nullptr) check_same_dtype(fn, {a.dtype, b->dtype});
-  check_dtype_is(fn, "out", out.dtype, DType::kBool);
-  check_same_size(fn, a.size, out.size);
-  if (b != nullptr) check_same_size(fn, b->size, out.size);
-  const int64_t n = out.size;
-  if (n == 0) return;
-  dispatch(a.dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const compute_t<T> v = widen(scalar_as<T>(val));
-    if (b != nullptr)
-      compare_kernel<T, false><<<grid_for(n), kThreads>>>(a.data<T>(), b->data<T>(), v, out.data<bool>(), n, op);
-    else
-      compare_kernel<T, true><<<grid_for(n), kThreads>>>(a.data<T>(), nullptr, v, out.data<bool>(), n, op);
-    CHECK_LAUNCH(fn);
-  });
+  return ok;
 }
 
 template <class Op>
-void run_unary(const char* fn, Op op, const Array& a, Array& out) {
-  const DType dt = check_same_dtype(fn, {a.dtype, out.dtype});
-  check_dtype_in(fn, dt, kFloatingMask, kFloating);
-  check_same_size(fn, a.size, out.size);
+void run_unary(const char* name, Op op, const Array& a, Array& out) {
   const int64_t n = out.size;
   if (n == 0) return;
-  dispatch<kFloatingMask>(dt, [&](auto tag) {
+  dispatch<kFloatingMask>(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float>) {
-      launch_f32(fn, a.data<float>(), nullptr, out.data<float>(), n, UnaryApply<Op>{op});
+      launch_f32(name, a.data<float>(), nullptr, out.data<float>(), n, UnaryApply<Op>{op});
     } else {
       unary_kernel<T, Op><<<grid_for(n), kThreads>>>(a.data<T>(), out.data<T>(), n, op);
-      CHECK_LAUNCH(fn);
+      CHECK_LAUNCH(name);
     }
   });
 }
 
 // ---- row broadcast: out = f(full, row) with row a (cols,) run broadcast over the rows ----
-// op: 0 add, 1 mul, 2 div (floating T only); a warp-uniform switch, one kernel per dtype.
+// div on floating T only; a warp-uniform branch on op, one kernel per dtype.
 template <typename T>
-__global__ void ewise_rows_kernel(const T* x, const T* y, T* out, int64_t n, int64_t cols, int op, bool swap) {
+__global__ void ewise_rows_kernel(const T* x, const T* y, T* out, int64_t n, int64_t cols, RowOp op, bool swap) {
   using C = compute_t<T>;
   for (int64_t i = grid_tid(); i < n; i += grid_stride()) {
     const C r = widen(y[i % cols]), u = widen(x[i]);
     const C p = swap ? r : u, q = swap ? u : r;
     C v;
-    if (op == 0) {
+    if (op == RowOp::kAdd) {
       v = AddOp{}(p, q);
-    } else if (op == 1) {
+    } else if (op == RowOp::kMul) {
       v = MulOp{}(p, q);
     } else {
       if constexpr (std::is_floating_point_v<C>) v = DivOp{}(p, q);
@@ -224,45 +183,47 @@ __global__ void ewise_rows_kernel(const T* x, const T* y, T* out, int64_t n, int
 
 }  // namespace
 
-void ewise_binary(const char* fn, BinaryOp op, const Array& a, const Array& b, Array& out) {
-  run_binary_op(fn, op, a, &b, 0.0, out);
-}
-
-void scalar_binary(const char* fn, BinaryOp op, const Array& a, double val, Array& out) {
-  run_binary_op(fn, op, a, nullptr, val, out);
-}
-
-void ewise_compare(const char* fn, CompareOp op, const Array& a, const Array& b, Array& out) {
-  run_compare(fn, op, a, &b, 0.0, out);
-}
-
-void scalar_compare(const char* fn, CompareOp op, const Array& a, double val, Array& out) {
-  run_compare(fn, op, a, nullptr, val, out);
-}
-
-void ewise_unary(const char* fn, UnaryOp op, const Array& a, Array& out) {
+bool launch_binary(const char* name, BinaryOp op, const Array& a, const Array* b, Scalar val, Array& out) {
   switch (op) {
-    case UnaryOp::kLog: return run_unary(fn, LogOp{}, a, out);
-    case UnaryOp::kExp: return run_unary(fn, ExpOp{}, a, out);
-    case UnaryOp::kTanh: return run_unary(fn, TanhOp{}, a, out);
+    case BinaryOp::kAdd: return run_binary<kAllMask>(name, AddOp{}, a, b, val, out);
+    case BinaryOp::kMul: return run_binary<kAllMask>(name, MulOp{}, a, b, val, out);
+    case BinaryOp::kDiv: return run_binary<kFloatingMask>(name, DivOp{}, a, b, val, out);
+    case BinaryOp::kPower: return run_binary<kNumericMask>(name, PowerOp{}, a, b, val, out);
+    case BinaryOp::kMaximum: return run_binary<kAllMask>(name, MaximumOp{}, a, b, val, out);
+  }
+  return true;
+}
+
+void launch_compare(const char* name, CompareOp op, const Array& a, const Array* b, Scalar val, Array& out) {
+  const int64_t n = out.size;
+  if (n == 0) return;
+  dispatch(a.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const compute_t<T> v = widen(scalar_as<T>(val));  // the scalar in a's dtype first, as numpy converts it
+    if (b != nullptr)
+      compare_kernel<T, false><<<grid_for(n), kThreads>>>(a.data<T>(), b->data<T>(), v, out.data<bool>(), n, op);
+    else
+      compare_kernel<T, true><<<grid_for(n), kThreads>>>(a.data<T>(), nullptr, v, out.data<bool>(), n, op);
+    CHECK_LAUNCH(name);
+  });
+}
+
+void launch_unary(const char* name, UnaryOp op, const Array& a, Array& out) {
+  switch (op) {
+    case UnaryOp::kLog: return run_unary(name, LogOp{}, a, out);
+    case UnaryOp::kExp: return run_unary(name, ExpOp{}, a, out);
+    case UnaryOp::kTanh: return run_unary(name, TanhOp{}, a, out);
   }
 }
 
-// full is (rows, cols) compact, row is the (cols,) run at row[row_offset:]; out
-// (rows, cols) compact gets op(full, row), or op(row, full) when swap.
-void ewise_rows(const std::string& op, const Array& full, const Array& row, int64_t row_offset, Array& out,
-                int64_t cols, bool swap) {
-  const char* fn = "ewise_rows";
-  const int code = parse_row_op(op);
-  const DType dt = check_same_dtype(fn, {full.dtype, row.dtype, out.dtype});
-  if (code == 2) check_dtype_in(fn, dt, kFloatingMask, "a floating dtype for div");
-  check_row_broadcast(fn, full.size, row.size, row_offset, out.size, cols);
+void launch_rows(RowOp op, const Array& full, const Array& row, int64_t row_offset, Array& out, int64_t cols,
+                 bool swap) {
   const int64_t n = out.size;
   if (n == 0) return;
-  dispatch(dt, [&](auto tag) {
+  dispatch(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     ewise_rows_kernel<T><<<grid_for(n), kThreads>>>(full.data<T>(), row.data<T>() + row_offset, out.data<T>(), n,
-                                                    cols, code, swap);
+                                                    cols, op, swap);
     CHECK_LAUNCH("ewise_rows_kernel");
   });
 }

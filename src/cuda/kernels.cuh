@@ -1,79 +1,88 @@
-// The CUDA backend's entry points, one group per kernel family (each group's
-// file is named beside it). Buffers carry their dtype; every entry checks sizes,
-// views and dtypes (common/checks.h, cuda/checks_cuda.cuh) on the host before it
-// launches anything. The semantics are those of the numpy twin,
+// The device layer of the CUDA backend: one group of launchers per kernel family
+// (each group's file is named beside it). A launcher picks the kernel for the
+// buffers' dtype (common/dtypes.h dispatch) and launches it; it trusts its
+// arguments. Every check (sizes, views, dtypes, indices) runs before, in table.cu,
+// so these files stay free of pybind11 (which costs every CUDA translation unit
+// seconds per architecture). The semantics are those of the numpy twin,
 // python/needle/backend_ndarray/ndarray_backend_numpy.py.
 #pragma once
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
-
 #include <cstdint>
-#include <memory>
-#include <string>
-#include <vector>
 
-#include "common/checks.h"
+#include "common/convert.h"
 #include "cuda/memory.cuh"
 
 namespace needle {
 namespace cuda {
 
-// ---- strided.cu: transfers, copies between strided views, fill, dtype conversion ----
-pybind11::array to_numpy(const Array& a, const Shape& shape, const Shape& strides, int64_t offset);
-void from_numpy(const pybind11::array& a, Array& out);
-void fill(Array& out, double val);
-void astype(const Array& a, Array& out);
-void compact(const Array& a, Array& out, const Shape& shape, const Shape& strides, int64_t offset);
-void ewise_setitem(const Array& a, Array& out, const Shape& shape, const Shape& strides, int64_t offset);
-void scalar_setitem(int64_t size, double val, Array& out, const Shape& shape, const Shape& strides, int64_t offset);
-// out[0 : n) = 0 bits (0 for every dtype); no checks.
+// ---- strided.cu: copies between strided views, fill, dtype conversion ----
+// Views (shape, strides, offset) reach the kernels by value with size-1 dims dropped
+// and contiguous neighbours merged; at most kMaxDims dims may remain.
+constexpr int kMaxDims = 8;
+int merged_ndim(const Shape& shape, const Shape& strides);
+// The non-empty view is one unit-stride run from its offset (a plain copy serves).
+bool contiguous_run(const Shape& shape, const Shape& strides);
+// out (n,) compact = a's view of n > 0 elements (any dtype; a and out share it).
+void launch_compact(const Array& a, void* out, const Shape& shape, const Shape& strides, int64_t offset, int64_t n);
+// out's view of n > 0 elements = a[0 : n).
+void launch_setitem(const Array& a, Array& out, const Shape& shape, const Shape& strides, int64_t offset, int64_t n);
+// out's view of n > 0 elements = val in out's dtype.
+void launch_fill_view(Array& out, Scalar val, const Shape& shape, const Shape& strides, int64_t offset, int64_t n);
+// Every element of out = val in out's dtype.
+void launch_fill(Array& out, Scalar val);
+// out[0 : n) = 0 bits (0 for every dtype).
 void zero_fill(Array& out, int64_t n);
+// out = a converted to out's dtype (same size).
+void launch_astype(const Array& a, Array& out);
 
 // ---- elementwise.cu: binary, scalar, comparison, unary and row-broadcast functions ----
 enum class BinaryOp { kAdd, kMul, kDiv, kPower, kMaximum };
 enum class CompareOp { kEq, kNe, kLt, kLe, kGt, kGe };
 enum class UnaryOp { kLog, kExp, kTanh };
-void ewise_binary(const char* fn, BinaryOp op, const Array& a, const Array& b, Array& out);
-void scalar_binary(const char* fn, BinaryOp op, const Array& a, double val, Array& out);
-void ewise_compare(const char* fn, CompareOp op, const Array& a, const Array& b, Array& out);
-void scalar_compare(const char* fn, CompareOp op, const Array& a, double val, Array& out);
-void ewise_unary(const char* fn, UnaryOp op, const Array& a, Array& out);
-void ewise_rows(const std::string& op, const Array& full, const Array& row, int64_t row_offset, Array& out,
-                int64_t cols, bool swap);
+enum class RowOp { kAdd, kMul, kDiv };
+// out = op(a, b) (b non-null) or op(a, val in a's dtype); a, b, out share size and dtype.
+// false when an integer exponent of b was negative (the caller raises; out is then junk).
+bool launch_binary(const char* name, BinaryOp op, const Array& a, const Array* b, Scalar val, Array& out);
+// out (bool) = op(a, b) or op(a, val in a's dtype).
+void launch_compare(const char* name, CompareOp op, const Array& a, const Array* b, Scalar val, Array& out);
+void launch_unary(const char* name, UnaryOp op, const Array& a, Array& out);
+// full (rows, cols) compact, row's (cols,) run at row_offset: out = op(full, row) (swap: op(row, full)).
+void launch_rows(RowOp op, const Array& full, const Array& row, int64_t row_offset, Array& out, int64_t cols,
+                 bool swap);
 
 // ---- reduce.cu: sums and maxima of contiguous runs, sums over a middle axis ----
-void reduce_sum(const Array& a, Array& out, int64_t reduce_size);
-void reduce_max(const Array& a, Array& out, int64_t reduce_size);
-void reduce_sum_middle(const Array& a, Array& out, int64_t outer, int64_t reduce, int64_t inner);
+// a is compact with at least out.size * reduce_size elements, reduce_size >= 1.
+void launch_reduce_sum(const Array& a, Array& out, int64_t reduce_size);
+void launch_reduce_max(const Array& a, Array& out, int64_t reduce_size);
+// a is (outer, reduce, inner) compact, out (outer, inner) compact.
+void launch_sum_middle(const Array& a, Array& out, int64_t outer, int64_t reduce, int64_t inner);
 
 // ---- matmul.cu: the numbered kernel ladder ----
 constexpr int kNumMatmulKernels = 3;
 extern const char* const kMatmulKernelNames[kNumMatmulKernels];
-void set_matmul_kernel(int k);
-int get_matmul_kernel();
-void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p);
-// kernel: 0 naive, 1 shared-memory tiled, 2 register-blocked (float32; others use 1).
-void bmm(int kernel, const char* fn, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
-         int64_t p, const Shape& a_strides, int64_t a_offset, const Shape& b_strides, int64_t b_offset);
+extern int g_matmul_kernel;  // what bmm / matmul use (set_matmul_kernel)
+// kernel: 0 naive, 1 shared-memory tiled, 2 register-blocked (float32; others run 1).
+// a (batch, m, n) by a_strides from a_offset, b (batch, n, p) likewise, out (batch, m, p) compact.
+void launch_bmm(int kernel, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
+                int64_t p, const Shape& a_strides, int64_t a_offset, const Shape& b_strides, int64_t b_offset);
 
-// ---- rows.cu: row gather and scatter-add (embedding lookup and its adjoint) ----
-void gather_rows(const Array& a, const Array& idx, Array& out, int64_t num_rows, int64_t dim);
-void scatter_add_rows(const Array& a, const Array& idx, Array& out, int64_t num_rows, int64_t dim);
-// idx's row numbers (any integer dtype, or integer-valued floats) copied to the host,
-// checked to lie in [0, num_rows) and uploaded as int64 for the kernels to read.
-std::unique_ptr<Scratch<int64_t>> upload_row_indices(const char* fn, const Array& idx, int64_t num_rows);
+// ---- rows.cu: row gather and scatter-add; rows are k checked int64 row numbers on the device ----
+void launch_gather_rows(const Array& a, const int64_t* rows, Array& out, int64_t k, int64_t dim);
+void launch_scatter_add_rows(const Array& a, const int64_t* rows, Array& out, int64_t num_rows, int64_t k,
+                             int64_t dim);
 
 // ---- fused.cu: softmax cross-entropy, batch norm, optimizer steps (float32, float64) ----
-void softmax_xent(const Array& a, const Array& labels, Array& lse, Array& loss, int64_t n, int64_t k);
-void softmax_xent_grad(const Array& a, const Array& labels, const Array& lse, const Array& g, Array& out, int64_t n,
-                       int64_t k, double scale);
-void bn_forward(const Array& x, const Array& w, const Array& b, Array& out, Array& mean, Array& var, int64_t rows,
-                int64_t cols, double eps);
-void bn_backward(const Array& x, const Array& g, const Array& w, const Array& mean, const Array& var, Array& dx,
-                 Array& dw, Array& db, int64_t rows, int64_t cols, double eps);
-void adam_step(const Array& w, const Array& g, Array& m, Array& v, Array& out, double lr, double beta1, double beta2,
-               double eps, double weight_decay, double decay, double bias_c1, double bias_c2);
-void sgd_step(const Array& w, const Array& g, Array& u, Array& out, double lr, double momentum, double weight_decay);
+void launch_softmax_xent(const Array& a, const int64_t* labels, Array& lse, Array& loss, int64_t n, int64_t k);
+void launch_softmax_xent_grad(const Array& a, const int64_t* labels, const Array& lse, const Array& g, Array& out,
+                              int64_t n, int64_t k, double scale);
+void launch_bn_forward(const Array& x, const Array& w, const Array& b, Array& out, Array& mean, Array& var,
+                       int64_t rows, int64_t cols, double eps);
+void launch_bn_backward(const Array& x, const Array& g, const Array& w, const Array& mean, const Array& var,
+                        Array& dx, Array& dw, Array& db, int64_t rows, int64_t cols, double eps);
+void launch_adam_step(const Array& w, const Array& g, Array& m, Array& v, Array& out, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, double decay, double bias_c1, double bias_c2);
+// u == nullptr: plain SGD (momentum 0).
+void launch_sgd_step(const Array& w, const Array& g, Array* u, Array& out, double lr, double momentum,
+                     double weight_decay);
 
 }  // namespace cuda
 }  // namespace needle

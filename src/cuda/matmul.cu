@@ -9,7 +9,6 @@
 #include <type_traits>
 
 #include "common/convert.h"
-#include "cuda/checks_cuda.cuh"
 #include "cuda/kernels.cuh"
 
 namespace needle {
@@ -17,9 +16,9 @@ namespace cuda {
 
 const char* const kMatmulKernelNames[kNumMatmulKernels] = {"naive", "smem_tiled_32x32", "regblock_128x128_8x8"};
 
-namespace {
-
 int g_matmul_kernel = 2;  // bmm / matmul default: the fastest
+
+namespace {
 
 // Element (b, r, c) of a strided batched operand sits at ptr[b*sb + r*sr + c*sc];
 // ptr already includes the operand's offset.
@@ -331,10 +330,12 @@ void launch_matmul(int kernel, const MatView<T>& A, const MatView<T>& B, T* out,
   }
 }
 
-// The operands of one call (checked by the caller) as views; a size-1 batch's stride
-// never matters, and zeroing it keeps the float4 checks simple.
-void run(int kernel, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n, int64_t p,
-         const Shape& sa, int64_t oa, const Shape& sb, int64_t ob) {
+}  // namespace
+
+// The operands (checked by table.cu) as views; a size-1 batch's stride never matters,
+// and zeroing it keeps the float4 checks simple.
+void launch_bmm(int kernel, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
+                int64_t p, const Shape& sa, int64_t oa, const Shape& sb, int64_t ob) {
   const int64_t total = batch * m * p;
   if (total == 0) return;
   if (n == 0) return zero_fill(out, total);  // empty inner dimension: every output is an empty sum
@@ -344,44 +345,6 @@ void run(int kernel, const Array& a, const Array& b, Array& out, int64_t batch, 
     const MatView<T> B{b.data<T>() + ob, batch == 1 ? 0 : sb[0], sb[1], sb[2]};
     launch_matmul<T>(kernel, A, B, out.data<T>(), batch, m, n, p);
   });
-}
-
-DType check_matmul_dtype(const char* fn, const Array& a, const Array& b, const Array& out) {
-  const DType dt = check_same_dtype(fn, {a.dtype, b.dtype, out.dtype});
-  check_dtype_in(fn, dt, kNumericMask, "a numeric (not bool) dtype");
-  return dt;
-}
-
-}  // namespace
-
-void set_matmul_kernel(int k) {
-  check_kernel_index("set_matmul_kernel", k, kNumMatmulKernels);
-  g_matmul_kernel = k;
-}
-
-int get_matmul_kernel() { return g_matmul_kernel; }
-
-// a is (m, n) compact, b is (n, p) compact, out is (m, p) compact.
-void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p) {
-  const char* fn = "matmul";
-  check_matmul_dtype(fn, a, b, out);
-  checked_product(fn, {m, n});
-  checked_product(fn, {n, p});
-  checked_product(fn, {m, p});
-  check_matmul_sizes(fn, a.size, b.size, out.size, m, n, p);
-  run(g_matmul_kernel, a, b, out, 1, m, n, p, {m * n, n, 1}, 0, {n * p, p, 1}, 0);
-}
-
-// a is (batch, m, n) strided from a_offset, b is (batch, n, p) strided from b_offset
-// (batch stride 0 broadcasts), out is (batch, m, p) compact.
-void bmm(int kernel, const char* fn, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
-         int64_t p, const Shape& a_strides, int64_t a_offset, const Shape& b_strides, int64_t b_offset) {
-  check_matmul_dtype(fn, a, b, out);
-  // Broadcast (stride 0) operands can describe huge m and p over tiny buffers, so the
-  // output size is overflow-checked before check_bmm compares it with out.
-  checked_product(fn, {batch, m, p});
-  check_bmm(fn, a.size, b.size, out.size, batch, m, n, p, a_strides, a_offset, b_strides, b_offset);
-  run(kernel, a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset);
 }
 
 }  // namespace cuda

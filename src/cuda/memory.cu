@@ -4,7 +4,6 @@
 #include <cstring>
 #include <sstream>
 
-#include "cuda/checks_cuda.cuh"
 #include "cuda/memory.cuh"
 
 namespace needle {
@@ -112,7 +111,6 @@ void DeviceAllocator::release_cache_locked() {
 }
 
 Array::Array(int64_t n, DType dt) : dtype(dt) {
-  check_array_size(n, dtype_size(dt));
   size = n;
   if (size > 0) {
     block = block_bytes_for(nbytes());

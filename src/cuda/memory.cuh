@@ -19,6 +19,9 @@
 #include "common/dtypes.h"
 
 namespace needle {
+
+using Shape = std::vector<int64_t>;  // as in common/checks.h (this header stays free of pybind11)
+
 namespace cuda {
 
 #define NEEDLE_STR2(x) #x
@@ -83,7 +86,8 @@ size_t block_bytes_for(size_t bytes);
 
 // A flat typed device buffer of `size` elements of `dtype` (strides elsewhere count
 // elements). Size 0 holds no block and a null pointer. Blocks come from cudaMalloc
-// or the cache, so a non-null ptr is at least 256-byte aligned.
+// or the cache, so a non-null ptr is at least 256-byte aligned. The constructor
+// trusts its size: Python's Array(size, dtype) checks it first (table.cu).
 struct Array {
   Array(int64_t size, DType dtype);
   ~Array();

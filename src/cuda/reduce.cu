@@ -7,7 +7,6 @@
 #include <type_traits>
 
 #include "common/convert.h"
-#include "cuda/checks_cuda.cuh"
 #include "cuda/functors.cuh"
 #include "cuda/kernels.cuh"
 
@@ -176,43 +175,26 @@ void sum_middle(const In* a, Out* out, int64_t outer, int64_t reduce, int64_t in
   sum_middle<Acc, Acc, Out>(partials.get(), out, outer, chunks, inner);
 }
 
-void check_reduce_sizes(const char* fn, const Array& a, const Array& out, int64_t reduce_size) {
-  checked_product(fn, {out.size, reduce_size});
-  check_reduce(fn, a.size, out.size, reduce_size);
-}
-
 }  // namespace
 
-// a is compact with at least out.size * reduce_size elements; out[i] sums the
-// contiguous run a[i * reduce_size : (i + 1) * reduce_size].
-void reduce_sum(const Array& a, Array& out, int64_t reduce_size) {
-  const char* fn = "reduce_sum";
-  check_dtype_is(fn, "out", out.dtype, sum_dtype(a.dtype));
-  check_reduce_sizes(fn, a, out, reduce_size);
+// out[i] sums the contiguous run a[i * reduce_size : (i + 1) * reduce_size].
+void launch_reduce_sum(const Array& a, Array& out, int64_t reduce_size) {
   dispatch(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using Out = sum_out_t<T>;
-    reduce_rows<SumReduce, T, sum_acc_t<T>, Out>(fn, a.data<T>(), out.data<Out>(), out.size, reduce_size);
+    reduce_rows<SumReduce, T, sum_acc_t<T>, Out>("reduce_sum", a.data<T>(), out.data<Out>(), out.size, reduce_size);
   });
 }
 
-// As reduce_sum, the maximum of each run, in a's dtype.
-void reduce_max(const Array& a, Array& out, int64_t reduce_size) {
-  const char* fn = "reduce_max";
-  check_dtype_is(fn, "out", out.dtype, a.dtype);
-  check_reduce_sizes(fn, a, out, reduce_size);
+// As launch_reduce_sum, the maximum of each run, in a's dtype.
+void launch_reduce_max(const Array& a, Array& out, int64_t reduce_size) {
   dispatch(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    reduce_rows<MaxReduce, T, compute_t<T>, T>(fn, a.data<T>(), out.data<T>(), out.size, reduce_size);
+    reduce_rows<MaxReduce, T, compute_t<T>, T>("reduce_max", a.data<T>(), out.data<T>(), out.size, reduce_size);
   });
 }
 
-// a is (outer, reduce, inner) compact; out (outer, inner) compact, dtype as reduce_sum.
-void reduce_sum_middle(const Array& a, Array& out, int64_t outer, int64_t reduce, int64_t inner) {
-  const char* fn = "reduce_sum_middle";
-  check_dtype_is(fn, "out", out.dtype, sum_dtype(a.dtype));
-  checked_product(fn, {outer, reduce, inner});
-  check_reduce_middle(fn, a.size, out.size, outer, reduce, inner);
+void launch_sum_middle(const Array& a, Array& out, int64_t outer, int64_t reduce, int64_t inner) {
   dispatch(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using Out = sum_out_t<T>;

@@ -1,36 +1,15 @@
-// Row gather / scatter-add (embedding lookup and its adjoint), and the row-number
-// upload the loss kernels share. Row numbers arrive in any integer dtype or
-// float-encoded (the course's labels); they are copied to the host and checked
-// (integer in [0, num_rows)) before any kernel reads through them, then uploaded
-// as int64 so the kernels need no instantiation per index dtype.
-#include <memory>
+// Row gather / scatter-add (embedding lookup and its adjoint). Row numbers arrive
+// in any integer dtype or float-encoded (the course's labels); table.cu copies them
+// to the host, checks them (integers in [0, num_rows)) and uploads them as int64,
+// so these kernels need no instantiation per index dtype.
 #include <type_traits>
-#include <vector>
 
 #include "common/convert.h"
-#include "cuda/checks_cuda.cuh"
 #include "cuda/functors.cuh"
 #include "cuda/kernels.cuh"
 
 namespace needle {
 namespace cuda {
-
-std::unique_ptr<Scratch<int64_t>> upload_row_indices(const char* fn, const Array& idx, int64_t num_rows) {
-  std::vector<unsigned char> host(idx.nbytes());
-  if (!host.empty()) CUDA_CHECK(cudaMemcpy(host.data(), idx.ptr, host.size(), cudaMemcpyDeviceToHost));
-  std::vector<int64_t> rows(static_cast<size_t>(idx.size));
-  dispatch(idx.dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* v = reinterpret_cast<const T*>(host.data());
-    // double holds every integer a buffer can address exactly
-    check_row_indices(fn, idx.dtype, idx.size, num_rows, [&](int64_t r) { return static_cast<double>(widen(v[r])); });
-    for (size_t r = 0; r < rows.size(); ++r) rows[r] = static_cast<int64_t>(widen(v[r]));
-  });
-  auto dev = std::make_unique<Scratch<int64_t>>(idx.size);
-  if (!rows.empty())
-    CUDA_CHECK(cudaMemcpy(dev->ptr, rows.data(), rows.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
-  return dev;
-}
 
 namespace {
 
@@ -63,47 +42,34 @@ void launch_scatter(const T* a, const int64_t* idx, Tab* out, int64_t k, int64_t
 
 }  // namespace
 
-// a is (num_rows, dim) compact (any dtype), idx is (k,) compact, out is (k, dim) compact.
-void gather_rows(const Array& a, const Array& idx, Array& out, int64_t num_rows, int64_t dim) {
-  const char* fn = "gather_rows";
-  check_same_dtype(fn, {a.dtype, out.dtype});
-  checked_product(fn, {num_rows, dim});
-  checked_product(fn, {idx.size, dim});
-  check_rows(fn, a.size, out.size, num_rows, dim, idx.size);
-  const auto rows = upload_row_indices(fn, idx, num_rows);
-  if (idx.size * dim == 0) return;
+// a is (num_rows, dim) compact (any dtype), rows (k,), out is (k, dim) compact.
+void launch_gather_rows(const Array& a, const int64_t* rows, Array& out, int64_t k, int64_t dim) {
+  if (k * dim == 0) return;
   dispatch_width(a.dtype, [&](auto tag) {
     using W = typename decltype(tag)::type;
-    gather_rows_kernel<W><<<grid_for(idx.size * dim), kThreads>>>(a.data<W>(), rows->get(), out.data<W>(), idx.size,
-                                                                  dim);
+    gather_rows_kernel<W><<<grid_for(k * dim), kThreads>>>(a.data<W>(), rows, out.data<W>(), k, dim);
     CHECK_LAUNCH("gather_rows_kernel");
   });
 }
 
-// a is (k, dim) compact, idx is (k,) compact, out is (num_rows, dim) compact (accumulated
-// into; numeric dtypes; a half table accumulates in float32 and rounds once).
-void scatter_add_rows(const Array& a, const Array& idx, Array& out, int64_t num_rows, int64_t dim) {
-  const char* fn = "scatter_add_rows";
-  const DType dt = check_same_dtype(fn, {out.dtype, a.dtype});
-  checked_product(fn, {num_rows, dim});
-  checked_product(fn, {idx.size, dim});
-  check_rows(fn, out.size, a.size, num_rows, dim, idx.size);
-  const auto rows = upload_row_indices(fn, idx, num_rows);
-  check_dtype_in(fn, dt, kNumericMask, "a numeric (not bool) dtype");
-  if (idx.size * dim == 0) return;
-  dispatch<kNumericMask>(dt, [&](auto tag) {
+// a is (k, dim) compact, rows (k,), out is (num_rows, dim) compact (accumulated into;
+// numeric dtypes; a half table accumulates in float32 and rounds once).
+void launch_scatter_add_rows(const Array& a, const int64_t* rows, Array& out, int64_t num_rows, int64_t k,
+                             int64_t dim) {
+  if (k * dim == 0) return;
+  dispatch<kNumericMask>(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<compute_t<T>, float> && !std::is_same_v<T, float>) {
-      // out's first cells (astype converts whole buffers) -> float32, accumulate, round back once.
+      // out's first cells (launch_astype converts whole buffers) -> float32, accumulate, round back once.
       const int64_t cells = num_rows * dim;
-      Array wide(cells, DType::kFloat32), narrow(cells, dt);
+      Array wide(cells, DType::kFloat32), narrow(cells, out.dtype);
       CUDA_CHECK(cudaMemcpyAsync(narrow.ptr, out.ptr, narrow.nbytes(), cudaMemcpyDeviceToDevice, 0));
-      astype(narrow, wide);
-      launch_scatter<T, float>(a.data<T>(), rows->get(), wide.data<float>(), idx.size, dim);
-      astype(wide, narrow);
+      launch_astype(narrow, wide);
+      launch_scatter<T, float>(a.data<T>(), rows, wide.data<float>(), k, dim);
+      launch_astype(wide, narrow);
       CUDA_CHECK(cudaMemcpyAsync(out.ptr, narrow.ptr, narrow.nbytes(), cudaMemcpyDeviceToDevice, 0));
     } else {
-      launch_scatter<T, T>(a.data<T>(), rows->get(), out.data<T>(), idx.size, dim);
+      launch_scatter<T, T>(a.data<T>(), rows, out.data<T>(), k, dim);
     }
   });
 }

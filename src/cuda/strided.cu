@@ -1,24 +1,21 @@
-// Copies between strided views (compact, setitem), fill, dtype conversion and the
-// host transfers. A copy does not care what the bits mean: those kernels run on
-// unsigned integers of the element's width, so four instantiations serve eight
-// dtypes; only astype converts values (common/convert.h).
+// Copies between strided views (compact, setitem), fill and dtype conversion. A
+// copy does not care what the bits mean: those kernels run on unsigned integers of
+// the element's width, so four instantiations serve eight dtypes; only astype
+// converts values (common/convert.h).
 #include <algorithm>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 
 #include "common/convert.h"
-#include "cuda/checks_cuda.cuh"
 #include "cuda/kernels.cuh"
-
-namespace py = pybind11;
 
 namespace needle {
 namespace cuda {
 
 namespace {
 
-constexpr int MAX_DIMS = 8;
+constexpr int MAX_DIMS = kMaxDims;
 
 // Passed to kernels by value (kernel parameter space), never through device memory.
 struct StridedLayout {
@@ -28,27 +25,43 @@ struct StridedLayout {
   int64_t offset;
 };
 
-// (shape, strides, offset), already validated by check_view, with size-1 dims dropped
-// and contiguous neighbours merged, so most views reach the kernel with one or two
-// dims (fewer divisions per element). Only a view of n > 0 elements gets here.
-StridedLayout make_layout(const char* fn, const Shape& shape, const Shape& strides, int64_t offset) {
-  StridedLayout L{};
-  L.ndim = 0;
-  L.offset = offset;
+// Calls add(extent, stride) for each dim of (shape, strides) with size-1 dims dropped
+// and contiguous neighbours merged (merge(extent, stride) widens the last one), so
+// most views reach the kernel with one or two dims (fewer divisions per element).
+// The view was validated by check_view and is not empty.
+template <typename Add, typename Merge>
+void simplify(const Shape& shape, const Shape& strides, Add add, Merge merge) {
+  int64_t last_stride = 0;
+  bool any = false;
   for (size_t d = 0; d < shape.size(); ++d) {
     if (shape[d] == 1) continue;
     int64_t span = 0;  // strides[d] * shape[d]: the stride the outer dim needs to merge
     const bool fits = !__builtin_mul_overflow(strides[d], shape[d], &span);
-    if (L.ndim > 0 && fits && L.strides[L.ndim - 1] == span) {
-      L.shape[L.ndim - 1] *= shape[d];  // <= prod(shape), which check_view bounded
-      L.strides[L.ndim - 1] = strides[d];
+    if (any && fits && last_stride == span) {
+      merge(shape[d], strides[d]);  // the merged extent is <= prod(shape), which check_view bounded
     } else {
-      check_max_dims(fn, L.ndim + 1, MAX_DIMS, shape);
-      L.shape[L.ndim] = shape[d];
-      L.strides[L.ndim] = strides[d];
-      ++L.ndim;
+      add(shape[d], strides[d]);
     }
+    last_stride = strides[d];
+    any = true;
   }
+}
+
+StridedLayout make_layout(const Shape& shape, const Shape& strides, int64_t offset) {
+  StridedLayout L{};
+  L.ndim = 0;
+  L.offset = offset;
+  simplify(
+      shape, strides,
+      [&](int64_t n, int64_t s) {  // the caller checked merged_ndim <= MAX_DIMS
+        L.shape[L.ndim] = n;
+        L.strides[L.ndim] = s;
+        ++L.ndim;
+      },
+      [&](int64_t n, int64_t s) {
+        L.shape[L.ndim - 1] *= n;
+        L.strides[L.ndim - 1] = s;
+      });
   return L;
 }
 
@@ -111,7 +124,7 @@ void launch_strided(const char* name, const W* src, W* out, W val, int64_t n, co
 
 // val converted to dt (numpy's casts), as the bits of its width W.
 template <typename W>
-W scalar_bits(DType dt, double val) {
+W scalar_bits(DType dt, const Scalar& val) {
   return dispatch(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T x = scalar_as<T>(val);
@@ -136,51 +149,35 @@ __global__ void astype_kernel(const From* a, To* out, int64_t n) {
   for (int64_t i = grid_tid(); i < n; i += grid_stride()) out[i] = convert<To>(a[i]);
 }
 
-// The numpy dtype of dt (bfloat16: ml_dtypes.bfloat16).
-py::dtype numpy_dtype(DType dt) {
-  if (dt == DType::kBFloat16) {
-    py::module_ ml;
-    try {
-      ml = py::module_::import("ml_dtypes");
-    } catch (py::error_already_set&) {
-      throw std::runtime_error(
-          "bfloat16 arrays need the ml_dtypes package to convert to numpy (pip install ml_dtypes)");
-    }
-    return py::dtype::from_args(ml.attr("bfloat16"));
-  }
-  return py::dtype(std::string(dtype_name(dt)));
-}
-
 }  // namespace
 
-// a is strided (shape, strides, offset); out is (prod(shape),) compact, same dtype.
-void compact(const Array& a, Array& out, const Shape& shape, const Shape& strides, int64_t offset) {
-  const char* fn = "compact";
-  check_same_dtype(fn, {a.dtype, out.dtype});
-  check_view(fn, shape, strides, offset, a.size);
-  const int64_t n = shape_size(shape);
-  check_same_size(fn, n, out.size);
-  if (n == 0) return;
-  const StridedLayout L = make_layout(fn, shape, strides, offset);
+int merged_ndim(const Shape& shape, const Shape& strides) {
+  int ndim = 0;
+  simplify(shape, strides, [&](int64_t, int64_t) { ++ndim; }, [](int64_t, int64_t) {});
+  return ndim;
+}
+
+bool contiguous_run(const Shape& shape, const Shape& strides) {
+  return layout_is_contiguous(make_layout(shape, strides, 0));
+}
+
+void launch_compact(const Array& a, void* out, const Shape& shape, const Shape& strides, int64_t offset,
+                    int64_t n) {
+  const StridedLayout L = make_layout(shape, strides, offset);
   if (layout_is_contiguous(L)) {
-    CUDA_CHECK(cudaMemcpyAsync(out.ptr, a.bytes_at(offset), out.nbytes(), cudaMemcpyDeviceToDevice, 0));
+    CUDA_CHECK(cudaMemcpyAsync(out, a.bytes_at(offset), static_cast<size_t>(n) * a.itemsize(),
+                               cudaMemcpyDeviceToDevice, 0));
     return;
   }
   dispatch_width(a.dtype, [&](auto tag) {
     using W = typename decltype(tag)::type;
-    launch_strided<StridedMode::Gather, W>("compact_gather", a.data<W>(), out.data<W>(), W(0), n, L);
+    launch_strided<StridedMode::Gather, W>("compact_gather", a.data<W>(), static_cast<W*>(out), W(0), n, L);
   });
 }
 
-// a is compact with at least prod(shape) elements; out is written through its strided view.
-void ewise_setitem(const Array& a, Array& out, const Shape& shape, const Shape& strides, int64_t offset) {
-  const char* fn = "ewise_setitem";
-  check_same_dtype(fn, {a.dtype, out.dtype});
-  check_view(fn, shape, strides, offset, out.size);
-  const int64_t n = shape_size(shape);
-  check_setitem_source(fn, shape, n, a.size);
-  if (n == 0) return;
-  const StridedLayout L = make_layout(fn, shape, strides, offset);
+void launch_setitem(const Array& a, Array& out, const Shape& shape, const Shape& strides, int64_t offset,
+                    int64_t n) {
+  const StridedLayout L = make_layout(shape, strides, offset);
   if (layout_is_contiguous(L)) {
     CUDA_CHECK(cudaMemcpyAsync(out.bytes_at(offset), a.ptr, static_cast<size_t>(n) * a.itemsize(),
                                cudaMemcpyDeviceToDevice, 0));
@@ -192,15 +189,8 @@ void ewise_setitem(const Array& a, Array& out, const Shape& shape, const Shape& 
   });
 }
 
-// Writes val (converted to out's dtype) into the strided view of out; size is prod(shape).
-void scalar_setitem(int64_t size, double val, Array& out, const Shape& shape, const Shape& strides,
-                    int64_t offset) {
-  const char* fn = "scalar_setitem";
-  check_view(fn, shape, strides, offset, out.size);
-  const int64_t n = shape_size(shape);
-  check_setitem_count(fn, shape, size, n);
-  if (n == 0) return;
-  const StridedLayout L = make_layout(fn, shape, strides, offset);
+void launch_fill_view(Array& out, Scalar val, const Shape& shape, const Shape& strides, int64_t offset, int64_t n) {
+  const StridedLayout L = make_layout(shape, strides, offset);
   dispatch_width(out.dtype, [&](auto tag) {
     using W = typename decltype(tag)::type;
     launch_strided<StridedMode::Fill, W>("scalar_setitem_fill", nullptr, out.data<W>(), scalar_bits<W>(out.dtype, val),
@@ -208,8 +198,7 @@ void scalar_setitem(int64_t size, double val, Array& out, const Shape& shape, co
   });
 }
 
-// Every element of out = val converted to out's dtype.
-void fill(Array& out, double val) {
+void launch_fill(Array& out, Scalar val) {
   if (out.size == 0) return;
   dispatch_width(out.dtype, [&](auto tag) {
     using W = typename decltype(tag)::type;
@@ -228,9 +217,7 @@ void zero_fill(Array& out, int64_t n) {
   if (n > 0) CUDA_CHECK(cudaMemsetAsync(out.ptr, 0, static_cast<size_t>(n) * out.itemsize(), 0));
 }
 
-// a and out compact, same size: out = a converted to out's dtype (numpy's casts).
-void astype(const Array& a, Array& out) {
-  check_same_size("astype", a.size, out.size);
+void launch_astype(const Array& a, Array& out) {
   if (a.size == 0) return;
   if (a.dtype == out.dtype) {
     CUDA_CHECK(cudaMemcpyAsync(out.ptr, a.ptr, a.nbytes(), cudaMemcpyDeviceToDevice, 0));
@@ -246,40 +233,6 @@ void astype(const Array& a, Array& out) {
       }
     });
   });
-}
-
-// a's strided view -> a new numpy array of that shape and a's dtype (compacted on the
-// device first when it is not one contiguous run).
-py::array to_numpy(const Array& a, const Shape& shape, const Shape& strides, int64_t offset) {
-  const char* fn = "to_numpy";
-  check_view(fn, shape, strides, offset, a.size);
-  const int64_t n = shape_size(shape);
-  py::array result(numpy_dtype(a.dtype), std::vector<py::ssize_t>(shape.begin(), shape.end()));
-  if (n == 0) return result;
-  const size_t bytes = static_cast<size_t>(n) * a.itemsize();
-  const StridedLayout L = make_layout(fn, shape, strides, offset);
-  if (layout_is_contiguous(L)) {
-    CUDA_CHECK(cudaMemcpy(result.mutable_data(), a.bytes_at(offset), bytes, cudaMemcpyDeviceToHost));
-    return result;
-  }
-  Array tmp(n, a.dtype);
-  dispatch_width(a.dtype, [&](auto tag) {
-    using W = typename decltype(tag)::type;
-    launch_strided<StridedMode::Gather, W>("to_numpy_gather", a.data<W>(), tmp.data<W>(), W(0), n, L);
-  });
-  CUDA_CHECK(cudaMemcpy(result.mutable_data(), tmp.ptr, bytes, cudaMemcpyDeviceToHost));
-  return result;
-}
-
-// a is a numpy array of out's dtype with out.size elements (any layout).
-void from_numpy(const py::array& a, Array& out) {
-  const py::dtype want = numpy_dtype(out.dtype);
-  check_from_numpy(a.dtype().equal(want), py::str(a.dtype()).cast<std::string>(), out.dtype,
-                   static_cast<int64_t>(a.size()), out.size);
-  if (out.size == 0) return;
-  const py::array c = py::array::ensure(a, py::array::c_style);
-  if (!c) throw std::runtime_error("from_numpy: could not make a C-contiguous copy of the source");
-  CUDA_CHECK(cudaMemcpy(out.ptr, c.data(), out.nbytes(), cudaMemcpyHostToDevice));
 }
 
 }  // namespace cuda
