@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "common/py_dtypes.h"
 #include "common/scalar_caster.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
@@ -32,28 +33,6 @@ void set_num_threads(int n) {
 #endif
 }
 
-// Interned dtype names: `Array.dtype` returns these objects and `Array(size, dtype)`
-// recognises them by identity, so the per-op dtype traffic costs no string work.
-py::handle dtype_str(DType dt) {
-  static PyObject* names[kNumDTypes] = {};
-  PyObject*& s = names[static_cast<int>(dt)];
-  if (s == nullptr) s = PyUnicode_InternFromString(dtype_name(dt));
-  return s;
-}
-
-DType dtype_arg(py::handle name) {
-  for (int i = 0; i < kNumDTypes; ++i)
-    if (name.ptr() == dtype_str(static_cast<DType>(i)).ptr()) return static_cast<DType>(i);
-  if (!py::isinstance<py::str>(name)) throw py::type_error("Array: dtype must be a dtype name (str)");
-  return parse_dtype("Array", name.cast<std::string>());
-}
-
-// The numpy dtype of a needle dtype (bfloat16 is ml_dtypes' type).
-py::dtype numpy_dtype(DType dt) {
-  if (dt == DType::kBFloat16) return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16"));
-  return py::dtype(std::string(dtype_name(dt)));
-}
-
 py::array ToNumpy(const Buffer& a, Shape shape, Shape strides, int64_t offset) {
   check_view("to_numpy", shape, strides, offset, a.size);
   py::array result(numpy_dtype(a.dtype), std::vector<py::ssize_t>(shape.begin(), shape.end()));
@@ -67,12 +46,7 @@ py::array ToNumpy(const Buffer& a, Shape shape, Shape strides, int64_t offset) {
 
 void FromNumpy(py::array a, Buffer* out) {
   // a is a numpy array of out's dtype with out.size elements (any layout).
-  if (!a.dtype().equal(numpy_dtype(out->dtype)))
-    throw py::type_error("from_numpy: source dtype " + std::string(py::str(a.dtype())) + " differs from the buffer's " +
-                         dtype_name(out->dtype));
-  if (a.size() != out->size)
-    throw std::invalid_argument("from_numpy: source has " + std::to_string(a.size()) + " elements, buffer has " +
-                                std::to_string(out->size));
+  check_from_numpy(a.dtype().equal(numpy_dtype(out->dtype)), py::str(a.dtype()), out->dtype, a.size(), out->size);
   py::array c = py::array::ensure(a, py::array::c_style);
   std::memcpy(out->ptr, c.data(), size_t(out->size) * size_t(out->itemsize()));
 }

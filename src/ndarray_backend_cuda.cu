@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/py_dtypes.h"
 #include "common/scalar_caster.h"
 #include "cuda/table.cuh"
 
@@ -35,21 +36,6 @@ using needle::cuda::UnaryOp;
 namespace nc = needle::cuda;
 
 namespace {
-
-// Interned dtype names: `Array.dtype` returns these objects and `Array(size, dtype)`
-// recognises them by identity, so the per-op dtype traffic costs no string work.
-py::handle dtype_str(needle::DType dt) {
-  static PyObject* names[needle::kNumDTypes] = {};
-  PyObject*& s = names[static_cast<int>(dt)];
-  if (s == nullptr) s = PyUnicode_InternFromString(needle::dtype_name(dt));
-  return s;
-}
-
-needle::DType dtype_arg(const py::str& name) {
-  for (int i = 0; i < needle::kNumDTypes; ++i)
-    if (name.ptr() == dtype_str(static_cast<needle::DType>(i)).ptr()) return static_cast<needle::DType>(i);
-  return needle::parse_dtype("Array", name.cast<std::string>());
-}
 
 }  // namespace
 
@@ -68,10 +54,10 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
   });
 
   py::class_<Array>(m, "Array")
-      .def(py::init([](int64_t size, const py::str& dtype) { return nc::make_array(size, dtype_arg(dtype)); }),
+      .def(py::init([](int64_t size, const py::object& dtype) { return nc::make_array(size, needle::dtype_arg(dtype)); }),
            py::arg("size"), py::arg("dtype") = "float32")
       .def_property_readonly("size", [](const Array& a) { return a.size; })
-      .def_property_readonly("dtype", [](const Array& a) { return py::reinterpret_borrow<py::str>(dtype_str(a.dtype)); })
+      .def_property_readonly("dtype", [](const Array& a) { return py::reinterpret_borrow<py::str>(needle::dtype_str(a.dtype)); })
       .def_property_readonly("itemsize", [](const Array& a) { return a.itemsize(); })
       .def("ptr", &Array::ptr_as_int);
 

@@ -67,7 +67,88 @@ inline void check_dtype_is(const char* fn, const char* which, DType dt, DType wa
     throw pybind11::type_error(cat({fn, ": ", which, " must be ", dtype_name(want), ", got ", dtype_name(dt)}));
 }
 
+// The one dtype of a fused kernel's float buffers (softmax-xent, norms, optimizer
+// steps): float32 or float64.
+inline DType check_fused_dtype(const char* fn, std::initializer_list<DType> dts) {
+  const DType dt = check_same_dtype(fn, dts);
+  check_dtype_in(fn, dt, kFusedMask, "float32 or float64");
+  return dt;
+}
+
+// The one dtype of a product's operands and output: any but bool.
+inline DType check_matmul_dtype(const char* fn, DType a, DType b, DType out) {
+  const DType dt = check_same_dtype(fn, {a, b, out});
+  check_dtype_in(fn, dt, kNumericMask, "a numeric (not bool) dtype");
+  return dt;
+}
+
 // ---- sizes ----
+// The product of sizes that come from Python ints; a product that leaves int64 is a
+// ValueError, never a wrapped value that could slip past the size checks below. A
+// zero factor makes the product 0 whatever the others are.
+inline int64_t checked_product(const char* fn, std::initializer_list<int64_t> dims) {
+  for (int64_t d : dims)
+    if (d == 0) return 0;
+  int64_t p = 1;
+  for (int64_t d : dims)
+    if (__builtin_mul_overflow(p, d, &p)) throw std::invalid_argument(cat({fn, ": sizes overflow 64-bit indexing"}));
+  return p;
+}
+
+// Elements of a view that check_view accepted (0 for an empty one, however large its other dims).
+inline int64_t shape_size(const Shape& shape) {
+  int64_t p = 1;
+  for (int64_t d : shape)
+    if (d == 0) return 0;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(p, d, &p)) throw std::invalid_argument("shape " + shape_str(shape) + " overflows 64-bit indexing");
+  return p;
+}
+
+// Array(size, dtype): negative sizes, and sizes whose bytes leave 63 bits, are ValueErrors.
+inline void check_array_size(int64_t size, int itemsize) {
+  if (size < 0) throw std::invalid_argument(cat({"Array size must be >= 0, got ", num(size)}));
+  if (static_cast<uint64_t>(size) > static_cast<uint64_t>(INT64_MAX) / (2u * static_cast<unsigned>(itemsize)))
+    throw std::invalid_argument(cat({"Array size ", num(size), " is too large"}));
+}
+
+// ewise_setitem: the compact source holds at least the view's elements.
+inline void check_setitem_source(const char* fn, const Shape& shape, int64_t n, int64_t source) {
+  if (n > source)
+    throw std::invalid_argument(
+        cat({fn, ": view of shape ", shape_str(shape), " needs ", num(n), " elements, source has ", num(source)}));
+}
+
+// scalar_setitem: size is prod(shape).
+inline void check_setitem_count(const char* fn, const Shape& shape, int64_t size, int64_t n) {
+  if (size != n) throw std::invalid_argument(cat({fn, ": size ", num(size), " does not match shape ", shape_str(shape)}));
+}
+
+// from_numpy: the source has the buffer's dtype and element count.
+inline void check_from_numpy(bool same_dtype, const std::string& source_dtype, DType dt, int64_t source_size,
+                             int64_t out_size) {
+  if (!same_dtype)
+    throw pybind11::type_error(
+        cat({"from_numpy: source dtype ", source_dtype, " differs from the buffer's ", dtype_name(dt)}));
+  if (source_size != out_size)
+    throw std::invalid_argument(
+        cat({"from_numpy: source has ", num(source_size), " elements, buffer has ", num(out_size)}));
+}
+
+// ewise_rows: op is "add", "mul" or "div" (returned as 0, 1, 2).
+inline int parse_row_op(const std::string& op) {
+  if (op == "add") return 0;
+  if (op == "mul") return 1;
+  if (op == "div") return 2;
+  throw std::invalid_argument("ewise_rows: unknown op " + op);
+}
+
+// A numbered kernel k of `count` (the matmul ladder).
+inline void check_kernel_index(const char* fn, int k, int count) {
+  if (k < 0 || k >= count)
+    throw std::invalid_argument(cat({fn, ": kernel must be in [0, ", num(count - 1), "], got ", num(k)}));
+}
+
 inline void check_same_size(const char* fn, int64_t a, int64_t out) {
   if (a != out) throw std::invalid_argument(cat({fn, ": input has ", num(a), " elements, out has ", num(out)}));
 }
@@ -100,15 +181,10 @@ inline void check_view(const char* fn, const Shape& shape, const Shape& strides,
                                  "] outside a buffer of ", num(buffer_size)}));
 }
 
-inline int64_t shape_size(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  return n;
-}
 
 inline void check_matmul_sizes(const char* fn, int64_t a, int64_t b, int64_t out, int64_t m, int64_t n, int64_t p) {
   if (m < 0 || n < 0 || p < 0) throw std::invalid_argument(cat({fn, ": negative dimension"}));
-  if (a < m * n || b < n * p || out < m * p)
+  if (a < checked_product(fn, {m, n}) || b < checked_product(fn, {n, p}) || out < checked_product(fn, {m, p}))
     throw std::invalid_argument(cat({fn, ": buffers of ", num(a), ", ", num(b), ", ", num(out),
                                      " elements are too small for (", num(m), " x ", num(n), ") @ (", num(n), " x ",
                                      num(p), ")"}));
@@ -123,13 +199,13 @@ inline void check_bmm(const char* fn, int64_t a_size, int64_t b_size, int64_t ou
   if (batch < 0 || m < 0 || n < 0 || p < 0) throw std::invalid_argument(cat({fn, ": negative dimension"}));
   check_view(fn, {batch, m, n}, sa, oa, a_size);
   check_view(fn, {batch, n, p}, sb, ob, b_size);
-  if (out_size != batch * m * p)
-    throw std::invalid_argument(cat({fn, ": out has ", num(out_size), " elements, need ", num(batch * m * p)}));
+  const int64_t need = checked_product(fn, {batch, m, p});
+  if (out_size != need) throw std::invalid_argument(cat({fn, ": out has ", num(out_size), " elements, need ", num(need)}));
 }
 
 inline void check_reduce(const char* fn, int64_t a, int64_t out, int64_t reduce_size) {
   if (reduce_size < 1) throw std::invalid_argument(cat({fn, ": reduce_size must be >= 1"}));
-  if (a < out * reduce_size)
+  if (a < checked_product(fn, {out, reduce_size}))
     throw std::invalid_argument(
         cat({fn, ": input has ", num(a), " elements, need ", num(out), " x ", num(reduce_size)}));
 }
@@ -137,7 +213,7 @@ inline void check_reduce(const char* fn, int64_t a, int64_t out, int64_t reduce_
 inline void check_reduce_middle(const char* fn, int64_t a, int64_t out, int64_t outer, int64_t reduce,
                                 int64_t inner) {
   if (outer < 0 || reduce < 1 || inner < 1) throw std::invalid_argument(cat({fn, ": bad sizes"}));
-  if (a < outer * reduce * inner || out < outer * inner)
+  if (a < checked_product(fn, {outer, reduce, inner}) || out < checked_product(fn, {outer, inner}))
     throw std::invalid_argument(cat({fn, ": arrays are smaller than (outer, reduce, inner)"}));
 }
 
@@ -149,7 +225,7 @@ inline void check_row_broadcast(const char* fn, int64_t full, int64_t row, int64
 }
 
 inline void check_rows(const char* fn, int64_t table, int64_t rows, int64_t num_rows, int64_t dim, int64_t k) {
-  if (num_rows < 0 || dim < 0 || table < num_rows * dim || rows != k * dim)
+  if (num_rows < 0 || dim < 0 || table < checked_product(fn, {num_rows, dim}) || rows != checked_product(fn, {k, dim}))
     throw std::invalid_argument(cat({fn, ": buffers of ", num(table), " and ", num(rows), " elements do not fit (",
                                      num(num_rows), ", ", num(dim), ") and (", num(k), ", ", num(dim), ")"}));
 }
@@ -174,7 +250,8 @@ inline void check_bn(const char* fn, int64_t rows, int64_t cols, std::initialize
                      std::initializer_list<int64_t> vecs) {
   if (rows < 0 || cols < 0) throw std::invalid_argument(cat({fn, ": bad sizes (", num(rows), ", ", num(cols), ")"}));
   bool ok = true;
-  for (int64_t a : full) ok = ok && a >= rows * cols;
+  const int64_t elements = checked_product(fn, {rows, cols});
+  for (int64_t a : full) ok = ok && a >= elements;
   for (int64_t v : vecs) ok = ok && v >= cols;
   if (!ok)
     throw std::invalid_argument(
@@ -188,7 +265,7 @@ inline void check_step(const char* fn, int64_t out, std::initializer_list<int64_
 
 inline void check_softmax_xent(const char* fn, int64_t a, int64_t labels, int64_t lse, int64_t loss, int64_t n,
                                int64_t k) {
-  if (n < 0 || k < 0 || a < n * k || lse != n || loss != 1)
+  if (n < 0 || k < 0 || a < checked_product(fn, {n, k}) || lse != n || loss != 1)
     throw std::invalid_argument(cat({fn, ": buffers of ", num(a), ", ", num(lse), ", ", num(loss),
                                      " elements do not fit (", num(n), ", ", num(k), ") logits, (n,) lse and (1,) ",
                                      "loss"}));
@@ -197,7 +274,7 @@ inline void check_softmax_xent(const char* fn, int64_t a, int64_t labels, int64_
 
 inline void check_softmax_xent_grad(const char* fn, int64_t a, int64_t labels, int64_t lse, int64_t g, int64_t out,
                                     int64_t n, int64_t k) {
-  if (n < 0 || k < 0 || a < n * k || out != n * k || lse != n || g != 1)
+  if (n < 0 || k < 0 || a < checked_product(fn, {n, k}) || out != checked_product(fn, {n, k}) || lse != n || g != 1)
     throw std::invalid_argument(cat({fn, ": buffers of ", num(a), ", ", num(lse), ", ", num(g), ", ", num(out),
                                      " elements do not fit (", num(n), ", ", num(k), ") logits, (n,) lse, (1,) g and ",
                                      "(n, k) out"}));

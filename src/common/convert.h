@@ -7,6 +7,9 @@
 #pragma once
 #include <cstdint>
 
+#include <cstring>
+
+#include "dtypes.h"
 #include "half.h"
 
 namespace needle {
@@ -113,6 +116,19 @@ NEEDLE_HD T scalar_as(double v) { return Convert<T>::from(v); }
 template <typename T>
 NEEDLE_HD T scalar_as(const Scalar& s) {
   return s.is_int ? Convert<T>::from(s.i) : Convert<T>::from(s.f);
+}
+
+// The scalar converted to dt, as the bits of dt's width W (for the dtype-blind
+// fill and setitem kernels). Host code.
+template <typename W>
+W scalar_bits(DType dt, const Scalar& val) {
+  return dispatch(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T x = scalar_as<T>(val);
+    W bits = 0;
+    std::memcpy(&bits, &x, sizeof(T) < sizeof(W) ? sizeof(T) : sizeof(W));  // equal for dt's own width
+    return bits;
+  });
 }
 
 }  // namespace needle

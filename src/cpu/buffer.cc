@@ -1,6 +1,8 @@
 // Buffers and the block cache behind them (see buffer.h).
 #include "buffer.h"
 
+#include "common/checks.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <mutex>
@@ -91,9 +93,8 @@ class BlockCache {
 }  // namespace
 
 Buffer::Buffer(int64_t size, DType dtype) : size(size), dtype(dtype) {
-  if (size < 0) throw std::invalid_argument("Array size must be >= 0, got " + std::to_string(size));
+  check_array_size(size, dtype_size(dtype));
   const size_t item = size_t(dtype_size(dtype));
-  if (size_t(size) > (SIZE_MAX - kAlignment) / item) throw std::bad_alloc();
   bytes = std::max<size_t>(kAlignment, (size_t(size) * item + kAlignment - 1) / kAlignment * kAlignment);
   ptr = bytes >= kCachedBytes ? BlockCache::get().take(bytes) : std::aligned_alloc(kAlignment, bytes);
   if (ptr == nullptr) throw std::bad_alloc();

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "common/convert.h"
+#include "common/functors.h"
 #include "kernels.h"
 #include "simd.h"
 #include "threads.h"
@@ -15,59 +16,6 @@ namespace needle {
 namespace cpu {
 
 namespace {
-
-template <typename C>
-constexpr bool kWrapInt = std::is_integral_v<C> && std::is_signed_v<C>;
-
-// ---- the functors (on the compute type C) ----
-struct Add {
-  template <typename C>
-  C operator()(C x, C y) const {
-    if constexpr (kWrapInt<C>) return C(std::make_unsigned_t<C>(x) + std::make_unsigned_t<C>(y));
-    else return static_cast<C>(x + y);
-  }
-};
-struct Mul {
-  template <typename C>
-  C operator()(C x, C y) const {
-    if constexpr (kWrapInt<C>) return C(std::make_unsigned_t<C>(x) * std::make_unsigned_t<C>(y));
-    else return static_cast<C>(x * y);
-  }
-};
-struct Div {
-  template <typename C>
-  C operator()(C x, C y) const { return x / y; }
-};
-struct Power {
-  template <typename C>
-  C operator()(C x, C y) const {
-    if constexpr (std::is_floating_point_v<C>) {
-      return std::pow(x, y);
-    } else {
-      // Exponents were checked to be >= 0; square-and-multiply wraps like repeated products.
-      using U = std::make_unsigned_t<C>;
-      U result = 1, base = U(x);
-      for (U e = U(y); e; e >>= 1) {
-        if (e & 1u) result = U(result * base);
-        base = U(base * base);
-      }
-      return C(result);
-    }
-  }
-};
-struct Maximum {
-  template <typename C>
-  C operator()(C x, C y) const {
-    if constexpr (std::is_floating_point_v<C>) return x > y || x != x ? x : y;  // NaN propagates
-    else return x > y ? x : y;
-  }
-};
-struct Eq { template <typename C> bool operator()(C x, C y) const { return x == y; } };
-struct Ne { template <typename C> bool operator()(C x, C y) const { return x != y; } };
-struct Lt { template <typename C> bool operator()(C x, C y) const { return x < y; } };
-struct Le { template <typename C> bool operator()(C x, C y) const { return x <= y; } };
-struct Gt { template <typename C> bool operator()(C x, C y) const { return x > y; } };
-struct Ge { template <typename C> bool operator()(C x, C y) const { return x >= y; } };
 
 // ---- the loops: out[i] = f(a[i], b[i]) or f(a[i], v), R the result's storage type ----
 template <typename T, typename R, typename F>
@@ -103,7 +51,7 @@ void binary(const char* fn, const Buffer& a, const Buffer& b, Buffer* out, F f, 
   check_same_size(fn, b.size, out->size);
   dispatch<Mask>(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if constexpr (std::is_same_v<F, Power>) check_exponents(fn, b.data<T>(), b.size);
+    if constexpr (std::is_same_v<F, PowerOp>) check_exponents(fn, b.data<T>(), b.size);
     ewise_loop(a.data<T>(), b.data<T>(), out->data<T>(), out->size, f);
   });
 }
@@ -116,7 +64,7 @@ void with_scalar(const char* fn, const Buffer& a, Scalar val, Buffer* out, F f, 
   dispatch<Mask>(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T v = scalar_as<T>(val);  // the scalar in a's dtype, then its compute type
-    if constexpr (std::is_same_v<F, Power>) check_exponents(fn, &v, 1);
+    if constexpr (std::is_same_v<F, PowerOp>) check_exponents(fn, &v, 1);
     scalar_loop(a.data<T>(), widen(v), out->data<T>(), out->size, f);
   });
 }
@@ -212,47 +160,47 @@ void unary_floats(UnaryOp op, const float* x, float* o, int64_t n) {
 
 void EwiseBinary(const char* fn, BinaryOp op, const Buffer& a, const Buffer& b, Buffer* out) {
   switch (op) {
-    case BinaryOp::kAdd: return binary<kAllMask>(fn, a, b, out, Add{}, "");
-    case BinaryOp::kMul: return binary<kAllMask>(fn, a, b, out, Mul{}, "");
-    case BinaryOp::kDiv: return binary<kFloatingMask>(fn, a, b, out, Div{}, kFloating);
-    case BinaryOp::kPower: return binary<kNumericMask>(fn, a, b, out, Power{}, kNumeric);
-    case BinaryOp::kMaximum: return binary<kAllMask>(fn, a, b, out, Maximum{}, "");
+    case BinaryOp::kAdd: return binary<kAllMask>(fn, a, b, out, AddOp{}, "");
+    case BinaryOp::kMul: return binary<kAllMask>(fn, a, b, out, MulOp{}, "");
+    case BinaryOp::kDiv: return binary<kFloatingMask>(fn, a, b, out, DivOp{}, kFloating);
+    case BinaryOp::kPower: return binary<kNumericMask>(fn, a, b, out, PowerOp{}, kNumeric);
+    case BinaryOp::kMaximum: return binary<kAllMask>(fn, a, b, out, MaximumOp{}, "");
   }
 }
 
 void ScalarBinary(const char* fn, BinaryOp op, const Buffer& a, Scalar val, Buffer* out) {
   switch (op) {
-    case BinaryOp::kAdd: return with_scalar<kAllMask>(fn, a, val, out, Add{}, "");
-    case BinaryOp::kMul: return with_scalar<kAllMask>(fn, a, val, out, Mul{}, "");
-    case BinaryOp::kDiv: return with_scalar<kFloatingMask>(fn, a, val, out, Div{}, kFloating);
+    case BinaryOp::kAdd: return with_scalar<kAllMask>(fn, a, val, out, AddOp{}, "");
+    case BinaryOp::kMul: return with_scalar<kAllMask>(fn, a, val, out, MulOp{}, "");
+    case BinaryOp::kDiv: return with_scalar<kFloatingMask>(fn, a, val, out, DivOp{}, kFloating);
     case BinaryOp::kPower:
       if (a.dtype == DType::kFloat32 && out->dtype == DType::kFloat32 && a.size == out->size &&
           float_power_fast(a, val.f, out))
         return;
-      return with_scalar<kNumericMask>(fn, a, val, out, Power{}, kNumeric);
-    case BinaryOp::kMaximum: return with_scalar<kAllMask>(fn, a, val, out, Maximum{}, "");
+      return with_scalar<kNumericMask>(fn, a, val, out, PowerOp{}, kNumeric);
+    case BinaryOp::kMaximum: return with_scalar<kAllMask>(fn, a, val, out, MaximumOp{}, "");
   }
 }
 
 void EwiseCompare(const char* fn, CompareOp op, const Buffer& a, const Buffer& b, Buffer* out) {
   switch (op) {
-    case CompareOp::kEq: return compare(fn, a, b, out, Eq{});
-    case CompareOp::kNe: return compare(fn, a, b, out, Ne{});
-    case CompareOp::kLt: return compare(fn, a, b, out, Lt{});
-    case CompareOp::kLe: return compare(fn, a, b, out, Le{});
-    case CompareOp::kGt: return compare(fn, a, b, out, Gt{});
-    case CompareOp::kGe: return compare(fn, a, b, out, Ge{});
+    case CompareOp::kEq: return compare(fn, a, b, out, EqOp{});
+    case CompareOp::kNe: return compare(fn, a, b, out, NeOp{});
+    case CompareOp::kLt: return compare(fn, a, b, out, LtOp{});
+    case CompareOp::kLe: return compare(fn, a, b, out, LeOp{});
+    case CompareOp::kGt: return compare(fn, a, b, out, GtOp{});
+    case CompareOp::kGe: return compare(fn, a, b, out, GeOp{});
   }
 }
 
 void ScalarCompare(const char* fn, CompareOp op, const Buffer& a, Scalar val, Buffer* out) {
   switch (op) {
-    case CompareOp::kEq: return compare_scalar(fn, a, val, out, Eq{});
-    case CompareOp::kNe: return compare_scalar(fn, a, val, out, Ne{});
-    case CompareOp::kLt: return compare_scalar(fn, a, val, out, Lt{});
-    case CompareOp::kLe: return compare_scalar(fn, a, val, out, Le{});
-    case CompareOp::kGt: return compare_scalar(fn, a, val, out, Gt{});
-    case CompareOp::kGe: return compare_scalar(fn, a, val, out, Ge{});
+    case CompareOp::kEq: return compare_scalar(fn, a, val, out, EqOp{});
+    case CompareOp::kNe: return compare_scalar(fn, a, val, out, NeOp{});
+    case CompareOp::kLt: return compare_scalar(fn, a, val, out, LtOp{});
+    case CompareOp::kLe: return compare_scalar(fn, a, val, out, LeOp{});
+    case CompareOp::kGt: return compare_scalar(fn, a, val, out, GtOp{});
+    case CompareOp::kGe: return compare_scalar(fn, a, val, out, GeOp{});
   }
 }
 
@@ -338,10 +286,11 @@ void rows_loop(const Buffer& a, const Buffer& b, int64_t b_offset, Buffer* out, 
 
 void EwiseRows(const std::string& op, const Buffer& full, const Buffer& row, int64_t row_offset, Buffer* out,
                int64_t cols, bool swap) {
-  if (op == "add") rows_loop<kAllMask>(full, row, row_offset, out, cols, swap, Add{}, "");
-  else if (op == "mul") rows_loop<kAllMask>(full, row, row_offset, out, cols, swap, Mul{}, "");
-  else if (op == "div") rows_loop<kFloatingMask>(full, row, row_offset, out, cols, swap, Div{}, "div with a floating dtype");
-  else throw std::invalid_argument("ewise_rows: unknown op " + op);
+  switch (parse_row_op(op)) {
+    case 0: return rows_loop<kAllMask>(full, row, row_offset, out, cols, swap, AddOp{}, "");
+    case 1: return rows_loop<kAllMask>(full, row, row_offset, out, cols, swap, MulOp{}, "");
+    default: return rows_loop<kFloatingMask>(full, row, row_offset, out, cols, swap, DivOp{}, "div with a floating dtype");
+  }
 }
 
 }  // namespace cpu

@@ -16,14 +16,6 @@ namespace cpu {
 
 namespace {
 
-constexpr const char* kFusedTypes = "float32 or float64";
-
-DType fused_dtype(const char* fn, std::initializer_list<DType> dts) {
-  const DType dt = check_same_dtype(fn, dts);
-  check_dtype_in(fn, dt, kFusedMask, kFusedTypes);
-  return dt;
-}
-
 // log(sum(exp(x))) of one row of k values (max-subtracted); NaN if the row holds a NaN
 // or its max is not finite (as the composition max + log(sum(exp(x - max))) gives).
 template <typename T>
@@ -125,7 +117,7 @@ int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kParallelThreshold
 void SoftmaxXent(const Buffer& a, const Buffer& labels, Buffer* lse, Buffer* loss, int64_t n, int64_t k) {
   // a is (n, k) compact logits, labels (n,) class numbers; lse (n,) gets each row's
   // log-sum-exp, loss (1,) the mean of lse[i] - a[i, labels[i]].
-  const DType dt = fused_dtype("softmax_xent", {a.dtype, lse->dtype, loss->dtype});
+  const DType dt = check_fused_dtype("softmax_xent", {a.dtype, lse->dtype, loss->dtype});
   check_softmax_xent("softmax_xent", a.size, labels.size, lse->size, loss->size, n, k);
   const std::vector<int64_t> y = row_indices("softmax_xent", labels, k);
   dispatch<kFusedMask>(dt, [&](auto tag) {
@@ -149,7 +141,7 @@ void SoftmaxXentGrad(const Buffer& a, const Buffer& labels, const Buffer& lse, c
                      int64_t n, int64_t k, double scale) {
   // a is (n, k) compact, labels and lse (n,), g (1,); out (n, k) compact gets
   // (exp(a[i, j] - lse[i]) - [j == labels[i]]) * g[0] * scale.
-  const DType dt = fused_dtype("softmax_xent_grad", {a.dtype, lse.dtype, g.dtype, out->dtype});
+  const DType dt = check_fused_dtype("softmax_xent_grad", {a.dtype, lse.dtype, g.dtype, out->dtype});
   check_softmax_xent_grad("softmax_xent_grad", a.size, labels.size, lse.size, g.size, out->size, n, k);
   const std::vector<int64_t> y = row_indices("softmax_xent_grad", labels, k);
   dispatch<kFusedMask>(dt, [&](auto tag) {
@@ -170,7 +162,7 @@ void SoftmaxXentGrad(const Buffer& a, const Buffer& labels, const Buffer& lse, c
 // out (rows, cols) = (x - mean) * s + b with s = w / sqrt(var + eps).
 void BnForward(const Buffer& x, const Buffer& w, const Buffer& b, Buffer* out, Buffer* mean, Buffer* var,
                int64_t rows, int64_t cols, double eps) {
-  const DType dt = fused_dtype("bn_forward", {x.dtype, w.dtype, b.dtype, out->dtype, mean->dtype, var->dtype});
+  const DType dt = check_fused_dtype("bn_forward", {x.dtype, w.dtype, b.dtype, out->dtype, mean->dtype, var->dtype});
   check_bn("bn_forward", rows, cols, {x.size, out->size}, {w.size, b.size, mean->size, var->size});
   dispatch<kFusedMask>(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -214,7 +206,7 @@ void BnForward(const Buffer& x, const Buffer& w, const Buffer& b, Buffer* out, B
 // constant column gives dx = 0 exactly).
 void BnBackward(const Buffer& x, const Buffer& g, const Buffer& w, const Buffer& mean, const Buffer& var, Buffer* dx,
                 Buffer* dw, Buffer* db, int64_t rows, int64_t cols, double eps) {
-  const DType dt = fused_dtype("bn_backward", {x.dtype, g.dtype, w.dtype, mean.dtype, var.dtype, dx->dtype,
+  const DType dt = check_fused_dtype("bn_backward", {x.dtype, g.dtype, w.dtype, mean.dtype, var.dtype, dx->dtype,
                                                dw->dtype, db->dtype});
   check_bn("bn_backward", rows, cols, {x.size, g.size, dx->size}, {w.size, mean.size, var.size, dw->size, db->size});
   dispatch<kFusedMask>(dt, [&](auto tag) {
@@ -262,7 +254,7 @@ void AdamStep(const Buffer& w, const Buffer& g, Buffer* m, Buffer* v, Buffer* ou
               double beta2, double eps, double weight_decay, double decay, double bias_c1, double bias_c2) {
   // All compact, same size and dtype; m, v in place: g' = g + wd w, m = b1 m + (1-b1) g',
   // v = b2 v + (1-b2) g'^2, out = decay w - lr (m/c1) / (sqrt(v/c2) + eps).
-  const DType dt = fused_dtype("adam_step", {w.dtype, g.dtype, m->dtype, v->dtype, out->dtype});
+  const DType dt = check_fused_dtype("adam_step", {w.dtype, g.dtype, m->dtype, v->dtype, out->dtype});
   check_step("adam_step", out->size, {w.size, g.size, m->size, v->size});
   dispatch<kFusedMask>(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -312,10 +304,10 @@ void SgdStep(const Buffer& w, const Buffer& g, Buffer* u, Buffer* out, double lr
   // place) and out = w - lr u, else out = w - lr g' (u untouched).
   const bool use_u = momentum != 0.0;
   if (use_u) {
-    fused_dtype("sgd_step", {w.dtype, g.dtype, u->dtype, out->dtype});
+    check_fused_dtype("sgd_step", {w.dtype, g.dtype, u->dtype, out->dtype});
     check_step("sgd_step", out->size, {w.size, g.size, u->size});
   } else {
-    fused_dtype("sgd_step", {w.dtype, g.dtype, out->dtype});
+    check_fused_dtype("sgd_step", {w.dtype, g.dtype, out->dtype});
     check_step("sgd_step", out->size, {w.size, g.size});
   }
   dispatch<kFusedMask>(out->dtype, [&](auto tag) {

@@ -14,7 +14,6 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kTile = 8;
-constexpr const char* kMatmulTypes = "a numeric (not bool) dtype";
 
 template <typename T>
 using GemmFn = void (*)(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, int64_t, int64_t, T*,
@@ -25,8 +24,7 @@ using GemmFn = void (*)(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, c
 template <bool Naive>
 void batched(const char* fn, const Buffer& a, const Buffer& b, Buffer* out, int64_t batch, int64_t m, int64_t n,
              int64_t p, const Shape& sa, int64_t oa, const Shape& sb, int64_t ob) {
-  const DType dt = check_same_dtype(fn, {a.dtype, b.dtype, out->dtype});
-  check_dtype_in(fn, dt, kNumericMask, kMatmulTypes);
+  const DType dt = check_matmul_dtype(fn, a.dtype, b.dtype, out->dtype);
   check_bmm(fn, a.size, b.size, out->size, batch, m, n, p, sa, oa, sb, ob);
   if (batch * m * p == 0) return;
   dispatch<kNumericMask>(dt, [&](auto tag) {
@@ -54,8 +52,7 @@ void batched(const char* fn, const Buffer& a, const Buffer& b, Buffer* out, int6
 
 void Matmul(const Buffer& a, const Buffer& b, Buffer* out, int64_t m, int64_t n, int64_t p) {
   // a is (m, n) compact, b is (n, p) compact, out is (m, p) compact.
-  const DType dt = check_same_dtype("matmul", {a.dtype, b.dtype, out->dtype});
-  check_dtype_in("matmul", dt, kNumericMask, kMatmulTypes);
+  const DType dt = check_matmul_dtype("matmul", a.dtype, b.dtype, out->dtype);
   check_matmul_sizes("matmul", a.size, b.size, out->size, m, n, p);
   if (m * p == 0) return;
   dispatch<kNumericMask>(dt, [&](auto tag) {
@@ -77,8 +74,7 @@ void BmmNaive(const Buffer& a, const Buffer& b, Buffer* out, int64_t batch, int6
 void MatmulTiled(const Buffer& a, const Buffer& b, Buffer* out, int64_t m, int64_t n, int64_t p) {
   // a is (m/T, n/T, T, T), b is (n/T, p/T, T, T), out is (m/T, p/T, T, T); all
   // compact, dims multiples of T. Kept for the course's tiled-layout path.
-  const DType dt = check_same_dtype("matmul_tiled", {a.dtype, b.dtype, out->dtype});
-  check_dtype_in("matmul_tiled", dt, kNumericMask, kMatmulTypes);
+  const DType dt = check_matmul_dtype("matmul_tiled", a.dtype, b.dtype, out->dtype);
   check_matmul_sizes("matmul_tiled", a.size, b.size, out->size, m, n, p);
   if (m % kTile || n % kTile || p % kTile)
     throw std::invalid_argument("matmul_tiled: dims (" + std::to_string(m) + ", " + std::to_string(n) + ", " +

@@ -167,18 +167,6 @@ void set_view(const StridedView& v, const W* src, W* dst) {
   });
 }
 
-// val converted to out's dtype, as the bits of its width.
-template <typename W>
-W scalar_bits(DType dt, const Scalar& val) {
-  return dispatch(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T x = scalar_as<T>(val);
-    W bits = 0;
-    std::memcpy(&bits, &x, sizeof(T));
-    return bits;
-  });
-}
-
 }  // namespace
 
 void Compact(const Buffer& a, Buffer* out, Shape shape, Shape strides, int64_t offset) {
@@ -201,9 +189,7 @@ void EwiseSetitem(const Buffer& a, Buffer* out, Shape shape, Shape strides, int6
   check_same_dtype("ewise_setitem", {a.dtype, out->dtype});
   check_view("ewise_setitem", shape, strides, offset, out->size);
   StridedView v = simplify(shape, strides, offset);
-  if (v.size > a.size)
-    throw std::invalid_argument("ewise_setitem: view of shape " + shape_str(shape) + " needs " +
-                                std::to_string(v.size) + " elements, source has " + std::to_string(a.size));
+  check_setitem_source("ewise_setitem", shape, v.size, a.size);
   if (v.size == 0) return;
   dispatch_width(a.dtype, [&](auto tag) {
     using W = typename decltype(tag)::type;
@@ -215,9 +201,7 @@ void ScalarSetitem(int64_t size, Scalar val, Buffer* out, Shape shape, Shape str
   // Writes val (converted to out's dtype) into every element of the strided view of out.
   check_view("scalar_setitem", shape, strides, offset, out->size);
   StridedView v = simplify(shape, strides, offset);
-  if (v.size != size)
-    throw std::invalid_argument("scalar_setitem: size " + std::to_string(size) + " does not match shape " +
-                                shape_str(shape));
+  check_setitem_count("scalar_setitem", shape, size, v.size);
   if (v.size == 0) return;
   dispatch_width(out->dtype, [&](auto tag) {
     using W = typename decltype(tag)::type;

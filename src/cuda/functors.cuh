@@ -1,9 +1,6 @@
-// Device functors shared by the kernel families: one per elementwise op, on the
-// compute type C (float for the halves, the storage type otherwise), and the
-// warp / block reductions built on them. Each mirrors numpy semantics: IEEE
-// division, pow NaN for a negative base with a fractional exponent,
-// NaN-propagating maximum, integers wrapping like unsigned C arithmetic, bool
-// add/mul/maximum as or/and/or.
+// Device-only functors: the transcendentals (device intrinsics) and the warp /
+// block reductions. The arithmetic and comparison functors, shared with the CPU
+// kernels, are in common/functors.h.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -12,72 +9,10 @@
 #include <type_traits>
 
 #include "common/convert.h"
+#include "common/functors.h"
 
 namespace needle {
 namespace cuda {
-
-template <typename C>
-constexpr bool kWrapInt = std::is_integral_v<C> && std::is_signed_v<C>;
-
-struct AddOp {
-  template <typename C>
-  __device__ __forceinline__ C operator()(C x, C y) const {
-    if constexpr (kWrapInt<C>) return C(std::make_unsigned_t<C>(x) + std::make_unsigned_t<C>(y));
-    else return static_cast<C>(x + y);
-  }
-};
-struct MulOp {
-  template <typename C>
-  __device__ __forceinline__ C operator()(C x, C y) const {
-    if constexpr (kWrapInt<C>) return C(std::make_unsigned_t<C>(x) * std::make_unsigned_t<C>(y));
-    else return static_cast<C>(x * y);
-  }
-};
-struct DivOp {  // floating types only
-  template <typename C>
-  __device__ __forceinline__ C operator()(C x, C y) const { return x / y; }
-};
-struct PowerOp {
-  // Set (when non-null) if an integer exponent is negative: there is no integer result
-  // and numpy raises; the host reads the flag after the kernel and raises ValueError.
-  int* negative = nullptr;
-  template <typename C>
-  __device__ __forceinline__ C operator()(C x, C y) const {
-    if constexpr (std::is_same_v<C, float>) {
-      return powf(x, y);
-    } else if constexpr (std::is_same_v<C, double>) {
-      return pow(x, y);
-    } else {
-      if constexpr (std::is_signed_v<C>) {
-        if (y < 0) {
-          *negative = 1;
-          return C(0);
-        }
-      }
-      // Square-and-multiply in unsigned arithmetic wraps like repeated products.
-      using U = std::make_unsigned_t<C>;
-      U result = 1, base = U(x);
-      for (U e = U(y); e; e >>= 1) {
-        if (e & 1u) result = U(result * base);
-        base = U(base * base);
-      }
-      return C(result);
-    }
-  }
-};
-struct MaximumOp {
-  // np.maximum propagates NaN from either side; fmaxf would drop it.
-  template <typename C>
-  __device__ __forceinline__ C operator()(C x, C y) const { return (x > y || x != x) ? x : y; }
-};
-
-// Comparisons write bool.
-struct EqOp { template <typename C> __device__ __forceinline__ bool operator()(C x, C y) const { return x == y; } };
-struct NeOp { template <typename C> __device__ __forceinline__ bool operator()(C x, C y) const { return x != y; } };
-struct LtOp { template <typename C> __device__ __forceinline__ bool operator()(C x, C y) const { return x < y; } };
-struct LeOp { template <typename C> __device__ __forceinline__ bool operator()(C x, C y) const { return x <= y; } };
-struct GtOp { template <typename C> __device__ __forceinline__ bool operator()(C x, C y) const { return x > y; } };
-struct GeOp { template <typename C> __device__ __forceinline__ bool operator()(C x, C y) const { return x >= y; } };
 
 // Transcendentals: float and double (halves compute in float).
 struct LogOp {

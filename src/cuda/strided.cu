@@ -122,18 +122,6 @@ void launch_strided(const char* name, const W* src, W* out, W val, int64_t n, co
   CHECK_LAUNCH(name);
 }
 
-// val converted to dt (numpy's casts), as the bits of its width W.
-template <typename W>
-W scalar_bits(DType dt, const Scalar& val) {
-  return dispatch(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T x = scalar_as<T>(val);
-    W bits = 0;
-    std::memcpy(&bits, &x, sizeof(T) < sizeof(W) ? sizeof(T) : sizeof(W));  // equal for dt's own width
-    return bits;
-  });
-}
-
 // out is (n,) compact and 16-byte aligned (an Array's block); every element = val.
 // The body stores 16-byte patterns of val; the last elements go one by one.
 template <typename W>

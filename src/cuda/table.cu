@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/py_dtypes.h"
 #include "cuda/checks_cuda.cuh"
 #include "cuda/table.cuh"
 
@@ -20,32 +21,10 @@ namespace {
 constexpr const char* kNumeric = "a numeric (not bool) dtype";
 constexpr const char* kFloating = "a floating dtype";
 
-// prod(shape) of a view check_view accepted: 0 when a dim is 0 (the other dims may then be
-// anything, so they are not multiplied), else a product check_view proved to fit.
-int64_t view_size(const Shape& shape) {
-  for (int64_t d : shape)
-    if (d == 0) return 0;
-  return shape_size(shape);
-}
 
 // A non-empty view the kernels can take: check_view has passed, and its merged dims fit.
 void check_view_dims(const char* fn, const Shape& shape, const Shape& strides) {
   check_max_dims(fn, merged_ndim(shape, strides), kMaxDims, shape);
-}
-
-// The numpy dtype of dt (bfloat16: ml_dtypes.bfloat16).
-py::dtype numpy_dtype(DType dt) {
-  if (dt == DType::kBFloat16) {
-    py::module_ ml;
-    try {
-      ml = py::module_::import("ml_dtypes");
-    } catch (py::error_already_set&) {
-      throw std::runtime_error(
-          "bfloat16 arrays need the ml_dtypes package to convert to numpy (pip install ml_dtypes)");
-    }
-    return py::dtype::from_args(ml.attr("bfloat16"));
-  }
-  return py::dtype(std::string(dtype_name(dt)));
 }
 
 // idx's row numbers (any integer dtype, or integer-valued floats) copied to the host,
@@ -65,19 +44,6 @@ std::unique_ptr<Scratch<int64_t>> upload_row_indices(const char* fn, const Array
   if (!rows.empty())
     CUDA_CHECK(cudaMemcpy(dev->ptr, rows.data(), rows.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
   return dev;
-}
-
-// The one dtype of a fused kernel's float buffers: float32 or float64.
-DType fused_dtype(const char* fn, std::initializer_list<DType> dts) {
-  const DType dt = check_same_dtype(fn, dts);
-  check_dtype_in(fn, dt, kFusedMask, "float32 or float64");
-  return dt;
-}
-
-DType matmul_dtype(const char* fn, const Array& a, const Array& b, const Array& out) {
-  const DType dt = check_same_dtype(fn, {a.dtype, b.dtype, out.dtype});
-  check_dtype_in(fn, dt, kNumericMask, kNumeric);
-  return dt;
 }
 
 // The dtypes op takes, and what its TypeError says it needs.
@@ -110,7 +76,7 @@ std::unique_ptr<Array> make_array(int64_t size, DType dtype) {
 py::array to_numpy(const Array& a, const Shape& shape, const Shape& strides, int64_t offset) {
   const char* fn = "to_numpy";
   check_view(fn, shape, strides, offset, a.size);
-  const int64_t n = view_size(shape);
+  const int64_t n = shape_size(shape);
   if (n > 0) check_view_dims(fn, shape, strides);
   py::array result(numpy_dtype(a.dtype), std::vector<py::ssize_t>(shape.begin(), shape.end()));
   if (n == 0) return result;
@@ -149,7 +115,7 @@ void compact(const Array& a, Array& out, const Shape& shape, const Shape& stride
   const char* fn = "compact";
   check_same_dtype(fn, {a.dtype, out.dtype});
   check_view(fn, shape, strides, offset, a.size);
-  const int64_t n = view_size(shape);
+  const int64_t n = shape_size(shape);
   check_same_size(fn, n, out.size);
   if (n == 0) return;
   check_view_dims(fn, shape, strides);
@@ -161,7 +127,7 @@ void ewise_setitem(const Array& a, Array& out, const Shape& shape, const Shape& 
   const char* fn = "ewise_setitem";
   check_same_dtype(fn, {a.dtype, out.dtype});
   check_view(fn, shape, strides, offset, out.size);
-  const int64_t n = view_size(shape);
+  const int64_t n = shape_size(shape);
   check_setitem_source(fn, shape, n, a.size);
   if (n == 0) return;
   check_view_dims(fn, shape, strides);
@@ -172,7 +138,7 @@ void ewise_setitem(const Array& a, Array& out, const Shape& shape, const Shape& 
 void scalar_setitem(int64_t size, Scalar val, Array& out, const Shape& shape, const Shape& strides, int64_t offset) {
   const char* fn = "scalar_setitem";
   check_view(fn, shape, strides, offset, out.size);
-  const int64_t n = view_size(shape);
+  const int64_t n = shape_size(shape);
   check_setitem_count(fn, shape, size, n);
   if (n == 0) return;
   check_view_dims(fn, shape, strides);
@@ -276,7 +242,7 @@ int get_matmul_kernel() { return g_matmul_kernel; }
 // a is (m, n) compact, b is (n, p) compact, out is (m, p) compact.
 void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p) {
   const char* fn = "matmul";
-  matmul_dtype(fn, a, b, out);
+  check_matmul_dtype(fn, a.dtype, b.dtype, out.dtype);
   checked_product(fn, {m, n});
   checked_product(fn, {n, p});
   checked_product(fn, {m, p});
@@ -288,7 +254,7 @@ void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, in
 // (batch stride 0 broadcasts), out is (batch, m, p) compact.
 void bmm(int kernel, const char* fn, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
          int64_t p, const Shape& a_strides, int64_t a_offset, const Shape& b_strides, int64_t b_offset) {
-  matmul_dtype(fn, a, b, out);
+  check_matmul_dtype(fn, a.dtype, b.dtype, out.dtype);
   // Broadcast (stride 0) operands can describe huge m and p over tiny buffers, so the
   // output size is overflow-checked before check_bmm compares it with out.
   checked_product(fn, {batch, m, p});
@@ -327,7 +293,7 @@ void scatter_add_rows(const Array& a, const Array& idx, Array& out, int64_t num_
 // log-sum-exp, loss (1,) the mean of lse[i] - a[i, labels[i]].
 void softmax_xent(const Array& a, const Array& labels, Array& lse, Array& loss, int64_t n, int64_t k) {
   const char* fn = "softmax_xent";
-  fused_dtype(fn, {a.dtype, lse.dtype, loss.dtype});
+  check_fused_dtype(fn, {a.dtype, lse.dtype, loss.dtype});
   checked_product(fn, {n, k});
   check_softmax_xent(fn, a.size, labels.size, lse.size, loss.size, n, k);
   const auto rows = upload_row_indices(fn, labels, k);
@@ -338,7 +304,7 @@ void softmax_xent(const Array& a, const Array& labels, Array& lse, Array& loss, 
 void softmax_xent_grad(const Array& a, const Array& labels, const Array& lse, const Array& g, Array& out, int64_t n,
                        int64_t k, double scale) {
   const char* fn = "softmax_xent_grad";
-  fused_dtype(fn, {a.dtype, lse.dtype, g.dtype, out.dtype});
+  check_fused_dtype(fn, {a.dtype, lse.dtype, g.dtype, out.dtype});
   checked_product(fn, {n, k});
   check_softmax_xent_grad(fn, a.size, labels.size, lse.size, g.size, out.size, n, k);
   const auto rows = upload_row_indices(fn, labels, k);
@@ -348,7 +314,7 @@ void softmax_xent_grad(const Array& a, const Array& labels, const Array& lse, co
 void bn_forward(const Array& x, const Array& w, const Array& b, Array& out, Array& mean, Array& var, int64_t rows,
                 int64_t cols, double eps) {
   const char* fn = "bn_forward";
-  fused_dtype(fn, {x.dtype, out.dtype, w.dtype, b.dtype, mean.dtype, var.dtype});
+  check_fused_dtype(fn, {x.dtype, out.dtype, w.dtype, b.dtype, mean.dtype, var.dtype});
   checked_product(fn, {rows, cols});
   check_bn(fn, rows, cols, {x.size, out.size}, {w.size, b.size, mean.size, var.size});
   launch_bn_forward(x, w, b, out, mean, var, rows, cols, eps);
@@ -357,7 +323,7 @@ void bn_forward(const Array& x, const Array& w, const Array& b, Array& out, Arra
 void bn_backward(const Array& x, const Array& g, const Array& w, const Array& mean, const Array& var, Array& dx,
                  Array& dw, Array& db, int64_t rows, int64_t cols, double eps) {
   const char* fn = "bn_backward";
-  fused_dtype(fn, {x.dtype, g.dtype, dx.dtype, w.dtype, mean.dtype, var.dtype, dw.dtype, db.dtype});
+  check_fused_dtype(fn, {x.dtype, g.dtype, dx.dtype, w.dtype, mean.dtype, var.dtype, dw.dtype, db.dtype});
   checked_product(fn, {rows, cols});
   check_bn(fn, rows, cols, {x.size, g.size, dx.size}, {w.size, mean.size, var.size, dw.size, db.size});
   launch_bn_backward(x, g, w, mean, var, dx, dw, db, rows, cols, eps);
@@ -367,7 +333,7 @@ void adam_step(const Array& w, const Array& g, Array& m, Array& v, Array& out, d
                double eps, double weight_decay, double decay, double bias_c1, double bias_c2) {
   const char* fn = "adam_step";
   check_step(fn, out.size, {w.size, g.size, m.size, v.size});
-  fused_dtype(fn, {out.dtype, w.dtype, g.dtype, m.dtype, v.dtype});
+  check_fused_dtype(fn, {out.dtype, w.dtype, g.dtype, m.dtype, v.dtype});
   launch_adam_step(w, g, m, v, out, lr, beta1, beta2, eps, weight_decay, decay, bias_c1, bias_c2);
 }
 
@@ -377,10 +343,10 @@ void sgd_step(const Array& w, const Array& g, Array& u, Array& out, double lr, d
   const bool use_u = momentum != 0.0;
   if (use_u) {
     check_step(fn, out.size, {w.size, g.size, u.size});
-    fused_dtype(fn, {out.dtype, w.dtype, g.dtype, u.dtype});
+    check_fused_dtype(fn, {out.dtype, w.dtype, g.dtype, u.dtype});
   } else {
     check_step(fn, out.size, {w.size, g.size});
-    fused_dtype(fn, {out.dtype, w.dtype, g.dtype});
+    check_fused_dtype(fn, {out.dtype, w.dtype, g.dtype});
   }
   launch_sgd_step(w, g, use_u ? &u : nullptr, out, lr, momentum, weight_decay);
 }
