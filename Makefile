@@ -26,8 +26,10 @@ test: test-deps lib
 demo: deps lib
 	$(PYTHON) -m apps.demo
 
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (set on some machines for old OpenBLAS builds)
+# slow a current numpy down: the numpy reference runs without them.
 bench: lib
-	$(PYTHON) benchmarks/run.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/run.py
 
 clean:
 	rm -rf $(BUILD_DIR) python/needle/backend_ndarray/*.so

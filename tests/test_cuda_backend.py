@@ -151,24 +151,6 @@ def test_exports_match_numpy_backend():
         assert name in TABLE
 
 
-@pytest.mark.parametrize("name", TABLE)
-def test_argument_names_match_twin(name):
-    line = getattr(M, name).__doc__.strip().split("\n")[0]
-    inner = line[line.index("(") + 1 : line.rindex(") ->")]
-    parts, depth, cur = [], 0, ""
-    for ch in inner:
-        depth += ch in "[("
-        depth -= ch in "])"
-        if ch == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur.strip())
-    names = [p.split(":")[0].strip() for p in parts if p]
-    assert names == list(inspect.signature(getattr(R, name)).parameters)
-
-
 def test_device_count_never_raises():
     assert isinstance(M.device_count(), int) and M.device_count() >= 0
 
