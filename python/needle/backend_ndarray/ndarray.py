@@ -533,11 +533,16 @@ class NDArray:
             raise TypeError(f"setitem: value must be an NDArray, numpy array or number, got {type(other).__name__}")
 
     # ---- elementwise and scalar functions ---------------------------------
-    def _check_same(self, other, what):
-        if other.device != self.device:
+    def _broadcast_pair(self, other, what):
+        """(self, other) as views of their common broadcast shape (numpy's rules)."""
+        if other._device != self._device:
             raise ValueError(f"{what}: arrays on different devices ({self.device} and {other.device})")
-        if other.shape != self.shape:
-            raise ValueError(f"{what}: shapes {self.shape} and {other.shape} differ (NDArray does not broadcast)")
+        try:
+            shape = _broadcast_shapes(self._shape, other._shape)
+        except ValueError:
+            raise ValueError(f"{what}: shapes {self.shape} and {other.shape} cannot be broadcast together") from None
+        return (self if self._shape == shape else self.broadcast_to(shape),
+                other if other._shape == shape else other.broadcast_to(shape))
 
     def _operands(self, other, what, float_only=False):
         """(self, other) converted to their common dtype (PyTorch's promotion; float32 when
@@ -579,13 +584,13 @@ class NDArray:
             self = self.astype(_dt.DEFAULT_FLOAT)
             other = other.astype(_dt.DEFAULT_FLOAT) if is_array else other
             dtype = _dt.DEFAULT_FLOAT
+        if is_array and (other._shape != self._shape or other._device is not self._device):
+            self, other = self._broadcast_pair(other, what)
         shape = self._shape
         device = self._device
         dtype = out_dtype or dtype
         size = math.prod(shape)
         if is_array:
-            if other._shape != shape or other._device is not device:
-                self._check_same(other, what)
             if size:
                 compact = _compact_strides(shape)
                 if (self._strides == compact and other._strides == compact and not self._offset

@@ -2,8 +2,9 @@
 
 Each op is a short class: ``compute`` on backend arrays, ``gradient`` written
 with needle ops (so adjoints are differentiable), and a lowercase helper.
-Elementwise ops never broadcast implicitly: shapes must match exactly
-(use ``broadcast_to``), otherwise a ValueError names the op and the shapes.
+Binary elementwise ops broadcast with numpy's rules; their gradients are summed
+back to each input's shape. Shapes that do not broadcast are a ValueError
+naming the op and both shapes.
 """
 import math
 from numbers import Number
@@ -32,11 +33,31 @@ def _norm_axes(axes, ndim, op):
 
 
 def _check_same_shape(op, a, b):
+    """For the internal adjoint ops, whose operands always share one shape."""
     if a.shape != b.shape and tuple(a.shape) != tuple(b.shape):
-        raise ValueError(
-            f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ (needle does not broadcast "
-            f"implicitly; use broadcast_to)"
-        )
+        raise ValueError(f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
+
+
+def _check_broadcast(op, a, b):
+    """The broadcast shape of a and b (numpy's rules); a ValueError names both shapes."""
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    if sa == sb:
+        return sa
+    out = []
+    for i in range(-max(len(sa), len(sb)), 0):
+        x = sa[i] if -i <= len(sa) else 1
+        y = sb[i] if -i <= len(sb) else 1
+        if x != y and x != 1 and y != 1:
+            raise ValueError(f"{op}: shapes {sa} and {sb} cannot be broadcast together")
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
+def _unbroadcast(grad, node_input):
+    """grad summed back to the shape of the input it flows to (identity when it already is)."""
+    if tuple(grad.shape) == tuple(node_input.shape):
+        return grad
+    return _sum_to_shape(grad, node_input.shape)
 
 
 def _check_scalar(op, scalar):
@@ -57,11 +78,12 @@ def _const(array):
 # ---- elementwise -------------------------------------------------------------
 class EWiseAdd(TensorOp):
     def compute(self, a, b):
-        _check_same_shape("add", a, b)
+        _check_broadcast("add", a, b)
         return a + b
 
     def gradient(self, out_grad, node):
-        return out_grad, out_grad
+        a, b = node.inputs
+        return _unbroadcast(out_grad, a), _unbroadcast(out_grad, b)
 
 
 def add(a, b):
@@ -85,14 +107,14 @@ def add_scalar(a, scalar):
 
 class EWiseMul(TensorOp):
     def compute(self, a, b):
-        _check_same_shape("multiply", a, b)
+        _check_broadcast("multiply", a, b)
         return a * b
 
     def gradient(self, out_grad, node):
         lhs, rhs = node.inputs
         # An input that needs no gradient (a mask, a constant) gets None: no wasted product.
-        return (out_grad * rhs if lhs.requires_grad else None,
-                out_grad * lhs if rhs.requires_grad else None)
+        return (_unbroadcast(out_grad * rhs, lhs) if lhs.requires_grad else None,
+                _unbroadcast(out_grad * lhs, rhs) if rhs.requires_grad else None)
 
 
 def multiply(a, b):
@@ -118,12 +140,13 @@ class EWisePow(TensorOp):
     """a ** b elementwise; d/da = b a^(b-1), d/db = a^b log a."""
 
     def compute(self, a, b):
-        _check_same_shape("power", a, b)
+        _check_broadcast("power", a, b)
         return a**b
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
-        return out_grad * b * power(a, b - 1), out_grad * node * log(a)
+        return (_unbroadcast(out_grad * b * power(a, b - 1), a) if a.requires_grad else None,
+                _unbroadcast(out_grad * node * log(a), b) if b.requires_grad else None)
 
 
 def power(a, b):
@@ -151,13 +174,13 @@ def power_scalar(a, scalar):
 
 class EWiseDiv(TensorOp):
     def compute(self, a, b):
-        _check_same_shape("divide", a, b)
+        _check_broadcast("divide", a, b)
         return a / b
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
-        return (out_grad / b if a.requires_grad else None,
-                -out_grad * a / (b * b) if b.requires_grad else None)
+        return (_unbroadcast(out_grad / b, a) if a.requires_grad else None,
+                _unbroadcast(-out_grad * a / (b * b), b) if b.requires_grad else None)
 
 
 def divide(a, b):
@@ -311,13 +334,14 @@ class Maximum(TensorOp):
     """Elementwise max of two tensors. Where a == b the gradient is split evenly (1/2 each)."""
 
     def compute(self, a, b):
-        _check_same_shape("maximum", a, b)
+        _check_broadcast("maximum", a, b)
         return B.maximum(a, b)
 
     def gradient(self, out_grad, node):
-        a, b = (x.realize_cached_data() for x in node.inputs)
-        wa = B.as_float(a > b, a) + B.as_float(a == b, a) * 0.5
-        return out_grad * _const(wa), out_grad * _const(1 - wa)
+        x, y = node.inputs
+        a, b, g = x.realize_cached_data(), y.realize_cached_data(), out_grad.realize_cached_data()
+        wa = B.as_float(a > b, g) + B.as_float(a == b, g) * 0.5
+        return _unbroadcast(out_grad * _const(wa), x), _unbroadcast(out_grad * _const(1 - wa), y)
 
 
 def maximum(a, b):
