@@ -21,6 +21,7 @@ import numpy
 
 import needle
 from .backend_selection import BACKEND, Device, NDArray, all_devices, array_api, cpu, default_device  # noqa: F401 (re-exported)
+from .tensor_methods import TensorMethods
 
 LAZY_MODE = False
 TENSOR_COUNTER = 0
@@ -249,7 +250,7 @@ class TensorTuple(Value):
         return _const_of(TensorTuple, self.realize_cached_data())
 
 
-class Tensor(Value):
+class Tensor(TensorMethods, Value):
 
     def __init__(self, array, *, device: Optional[Device] = None, dtype=None, requires_grad=True, **kwargs):
         if isinstance(array, Tensor):
@@ -400,23 +401,8 @@ class Tensor(Value):
     def __getitem__(self, index):
         return needle.ops.get_item(self, index)
 
-    def sum(self, axes=None):
-        return needle.ops.Summation(axes)(self)
-
-    def mean(self, axes=None):
-        return needle.ops.mean(self, axes)
-
-    def broadcast_to(self, shape):
-        return needle.ops.BroadcastTo(shape)(self)
-
-    def reshape(self, shape):
-        return needle.ops.Reshape(shape)(self)
-
-    def transpose(self, axes=None):
-        return needle.ops.Transpose(axes)(self)
-
-    def permute(self, axes):
-        return needle.ops.permute(self, axes)
+    # sum, mean, reshape, transpose, permute, broadcast_to and the rest of the
+    # PyTorch-style methods: tensor_methods.TensorMethods.
 
 
 # ---- backward ---------------------------------------------------------------

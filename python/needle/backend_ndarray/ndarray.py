@@ -884,6 +884,29 @@ class NDArray:
     def max(self, axis=None, keepdims=False):
         return self._reduce(axis, keepdims, self.device.reduce_max, "max")
 
+    def argmax(self, axis=None, keepdims=False):
+        """int64 index of the first maximum along ``axis`` (None: of the flattened array),
+        with backend ops only: the smallest index whose element equals the maximum."""
+        if axis is None:
+            return self.reshape((self.size,)).argmax(0, keepdims=False)
+        axis = _normalize_axes(axis, self.ndim, "argmax")[0]
+        n = self._shape[axis]
+        if n == 0:
+            raise ValueError(f"argmax: zero-size axis {axis} of shape {self.shape}")
+        shape = [1] * self.ndim
+        shape[axis] = n
+        index = NDArray(np.arange(n, dtype=np.int64).reshape(shape), device=self._device)
+        hit = self == self.max(axis=axis, keepdims=True)
+        # n where there is no hit, the index where there is; the smallest wins.
+        candidates = index * hit + (hit == False) * n  # noqa: E712 (elementwise on arrays)
+        return -((-candidates).max(axis=axis, keepdims=keepdims))
+
+    def argmin(self, axis=None, keepdims=False):
+        """int64 index of the first minimum along ``axis`` (None: of the flattened array)."""
+        if self._dtype == "bool":
+            return (self == False).argmax(axis, keepdims)  # noqa: E712
+        return (-self if self._dtype != "uint8" else -self.astype("int32")).argmax(axis, keepdims)
+
     # ---- batch norm ---------------------------------------------------------
     def _bn_args(self, what, vecs):
         """(self, vecs...) compact on one device, self 2-D (rows, cols), each vec (cols,)."""

@@ -99,6 +99,19 @@ def fused_dtype(*arrays):
     return dtype in arrays[0].FUSED_DTYPES and all(a.dtype == dtype for a in arrays)
 
 
+def argmax(a, axis=None, keepdims=False):
+    """int64 indices of the first maximum (numpy's argmax)."""
+    if NP:
+        return np.asarray(np.argmax(a, axis=axis, keepdims=keepdims))
+    return a.argmax(axis, keepdims)
+
+
+def argmin(a, axis=None, keepdims=False):
+    if NP:
+        return np.asarray(np.argmin(a, axis=axis, keepdims=keepdims))
+    return a.argmin(axis, keepdims)
+
+
 def as_float(mask, like):
     """A comparison's bool result as an array of ``like``'s dtype."""
     return mask.astype(like.dtype)

@@ -202,6 +202,21 @@ def divide_scalar(a, scalar):
     return DivScalar(scalar)(a)
 
 
+class Abs(TensorOp):
+    """|a|; gradient out_grad * sign(a) (0 at 0, as in PyTorch)."""
+
+    def compute(self, a):
+        return B.maximum(a, -a)
+
+    def gradient(self, out_grad, node):
+        a, g = node.inputs[0].realize_cached_data(), out_grad.realize_cached_data()
+        return out_grad * _const(B.as_float(a > 0, g) - B.as_float(a < 0, g))
+
+
+def abs(a):
+    return Abs()(a)
+
+
 class Cast(TensorOp):
     """x converted to ``dtype`` (a name or numpy dtype). Gradient: the upstream gradient
     converted back to x's dtype, so every gradient has the dtype of its tensor."""
