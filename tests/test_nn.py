@@ -279,7 +279,7 @@ def test_conv_bad_arguments():
     with pytest.raises(ValueError, match="groups"):
         nn.Conv(3, 4, 3, groups=2)
     with pytest.raises(ValueError, match="padding_mode"):
-        nn.Conv(2, 2, 3, padding_mode="reflect")
+        nn.Conv(2, 2, 3, padding_mode="mirror")
     with pytest.raises(ValueError, match="positive"):
         nn.Conv(0, 2, 3)
     conv = nn.Conv(2, 2, 3)

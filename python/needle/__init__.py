@@ -3,7 +3,8 @@ from . import ops
 from .ops import *
 from .autograd import Tensor, cpu, all_devices, no_grad
 from . import init
-from .init import ones, zeros, zeros_like, ones_like
+# PyTorch-style factories (they accept every call of the course's init versions too).
+from .ops.ops_functions import ones, zeros, ones_like, zeros_like
 from . import data
 from . import nn
 from . import optim

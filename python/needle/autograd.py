@@ -399,7 +399,10 @@ class Tensor(TensorMethods, Value):
         return needle.ops.Negate()(self)
 
     def __getitem__(self, index):
-        return needle.ops.get_item(self, index)
+        return needle.ops.tensor_getitem(self, index)
+
+    def __setitem__(self, index, value):
+        needle.ops.tensor_setitem(self, index, value)
 
     # sum, mean, reshape, transpose, permute, broadcast_to and the rest of the
     # PyTorch-style methods: tensor_methods.TensorMethods.

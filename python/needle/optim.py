@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from . import init
 from .autograd import Tensor
 
 
@@ -99,7 +100,17 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
-    zero_grad = reset_grad
+    def zero_grad(self, set_to_none: bool = True):
+        """PyTorch's name for ``reset_grad``. ``set_to_none=False`` gives every existing
+        gradient zeros instead (parameters without a gradient keep None, as in PyTorch).
+        The zeros are new arrays: a gradient may share its array with another tensor's."""
+        if set_to_none:
+            self.reset_grad()
+            return
+        for p in self.params:
+            g = getattr(p, "grad", None)
+            if g is not None:
+                p.grad = init.zeros_like(g)
 
     def clip_grad_norm(self, max_norm=0.25):
         return clip_grad_norm(self.params, max_norm)

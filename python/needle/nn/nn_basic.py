@@ -52,33 +52,106 @@ def _child_modules(value: object) -> List["Module"]:
     return []
 
 
-def _named_entries(value: object, prefix: str) -> Iterator[Tuple[str, object, str, Tensor]]:
+def _named_entries(value: object, prefix: str, torch_names: bool = False, recurse: bool = True,
+                   _root: bool = True) -> Iterator[Tuple[str, object, str, Tensor]]:
     """Yield ``(dotted_name, owner_module, attribute, tensor)`` for parameters and buffers.
 
     Names follow attribute paths (``modules.0.weight``, ``rnn_cells.1.W_ih``), the
-    way PyTorch's ``state_dict`` keys do.
+    way ``state_dict`` keys do. With ``torch_names`` the attributes a module lists in
+    ``_index_attrs`` drop out of the path (``Sequential``'s layers are ``0.weight``, as in
+    PyTorch, where they are registered by index). ``recurse=False`` stops at child modules.
     """
     if isinstance(value, Module):
+        if not (_root or recurse):
+            return
         for attr, v in value.__dict__.items():
             name = f"{prefix}{attr}"
             if isinstance(v, Parameter):
                 yield name, value, attr, v
             elif attr in value._buffer_names and isinstance(v, Tensor):
                 yield name, value, attr, v
+            elif torch_names and attr in value._index_attrs:
+                yield from _named_entries(v, prefix, torch_names, recurse, False)
             else:
-                yield from _named_entries(v, name + ".")
+                yield from _named_entries(v, name + ".", torch_names, recurse, False)
     elif isinstance(value, dict):
         for k, v in value.items():
             if isinstance(v, Parameter):
                 yield f"{prefix}{k}", None, None, v
             else:
-                yield from _named_entries(v, f"{prefix}{k}.")
+                yield from _named_entries(v, f"{prefix}{k}.", torch_names, recurse, False)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             if isinstance(v, Parameter):
                 yield f"{prefix}{i}", None, None, v
             else:
-                yield from _named_entries(v, f"{prefix}{i}.")
+                yield from _named_entries(v, f"{prefix}{i}.", torch_names, recurse, False)
+
+
+def _named_child_modules(value: object, prefix: str) -> Iterator[Tuple[str, "Module"]]:
+    """The Modules directly inside ``value`` (an attribute value: a Module, or a
+    list/tuple/dict that may nest further), named ``prefix`` + index or key path."""
+    if isinstance(value, Module):
+        yield prefix[:-1], value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _named_child_modules(v, f"{prefix}{k}.")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _named_child_modules(v, f"{prefix}{i}.")
+
+
+def _addindent(text: str, spaces: int) -> str:
+    lines = text.split("\n")
+    return "\n".join(lines[:1] + [" " * spaces + line for line in lines[1:]])
+
+
+def _parse_to_args(args, device, dtype):
+    """``to(device)``, ``to(dtype)``, ``to(device, dtype)``, keywords, or a device name
+    (``"cpu"``, ``"cuda"``, ``"cpu_numpy"``) -> (device or None, canonical dtype or None)."""
+    from needle import backend_selection
+
+    for a in args:
+        if isinstance(a, str) and a in ("cpu", "cuda", "cpu_numpy"):
+            device = a
+        elif isinstance(a, (str, np.dtype, type)):
+            dtype = a
+        elif a is not None:
+            device = a
+    if isinstance(device, str):
+        make = getattr(backend_selection, device, None)
+        if make is None:
+            raise ValueError(f"Module.to: device {device!r} is not available with "
+                             f"NEEDLE_BACKEND={backend_selection.BACKEND!r}")
+        device = make()
+    if dtype is not None:
+        from needle.backend_ndarray import dtypes
+
+        dtype = dtypes.canonical(dtype)
+        if not dtypes.is_floating(dtype):
+            raise TypeError(f"Module.to only accepts floating point dtypes, got {dtype!r}")
+    return device, dtype
+
+
+def _converted(t: Tensor, device, dtype):
+    """The raw array of ``t`` on ``device`` as ``dtype`` (None: unchanged), or None when
+    nothing changes. Only floating-point tensors change dtype, as in PyTorch."""
+    data = t.realize_cached_data()
+    changed = False
+    if dtype is not None and str(t.dtype) != dtype and str(t.dtype) in _FLOATING:
+        if isinstance(data, np.ndarray):  # np mode: numpy needs a dtype object for bfloat16
+            from needle.backend_ndarray import dtypes
+            data = data.astype(dtypes.to_numpy_dtype(dtype))
+        else:
+            data = data.astype(dtype)
+        changed = True
+    if device is not None and t.device != device:
+        data = data.to(device)  # NDArray (np mode has a single device)
+        changed = True
+    return data if changed else None
+
+
+_FLOATING = ("float32", "float64", "float16", "bfloat16")
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -90,10 +163,20 @@ def _as_numpy(value) -> np.ndarray:
 
 
 class Module:
-    """Base class of every layer. Subclasses call ``super().__init__()`` first."""
+    """Base class of every layer. Subclasses call ``super().__init__()`` first.
+
+    Besides the course's ``parameters()``, ``train()`` and ``eval()``, modules have
+    PyTorch's ``to``, ``named_parameters``, ``named_buffers``, ``children``,
+    ``named_children``, ``modules``, ``named_modules`` and a tree ``__repr__`` (layers
+    describe themselves in ``extra_repr()``). Children are the Modules held in
+    attributes, directly or inside lists, tuples and dicts; their names are the
+    attribute path (``rnn_cells.0``), like PyTorch's ModuleList/ModuleDict entries.
+    """
 
     # Attribute names of non-trainable state saved in ``state_dict`` (e.g. running stats).
     _buffer_names: Tuple[str, ...] = ()
+    # Container attributes whose entries PyTorch names by index alone (Sequential: "0", "1").
+    _index_attrs: Tuple[str, ...] = ()
 
     def __init__(self):
         self.training = True
@@ -125,27 +208,118 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def to(self, device):
-        """Move every parameter (in place) and buffer to ``device``; returns self."""
-        for name, owner, attr, t in _named_entries(self, ""):
-            if t.device == device:
+    # ----- PyTorch's module API -----------------------------------------
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[Tuple[str, Parameter]]:
+        """``(name, Parameter)`` with PyTorch's names (``"0.weight"``, ``"rnn_cells.1.W_ih"``),
+        in the order of ``parameters()``; a shared Parameter appears once, under its first name."""
+        seen = set()
+        for name, _, _, t in self._entries(prefix, recurse):
+            if isinstance(t, Parameter):
+                if remove_duplicate:
+                    if id(t) in seen:
+                        continue
+                    seen.add(id(t))
+                yield name, t
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True,
+                      remove_duplicate: bool = True) -> Iterator[Tuple[str, Tensor]]:
+        """``(name, Tensor)`` of the non-trainable state (``"1.running_mean"``)."""
+        seen = set()
+        for name, _, _, t in self._entries(prefix, recurse):
+            if not isinstance(t, Parameter):
+                if remove_duplicate:
+                    if id(t) in seen:
+                        continue
+                    seen.add(id(t))
+                yield name, t
+
+    def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
+        for _, t in self.named_buffers(recurse=recurse):
+            yield t
+
+    def _entries(self, prefix: str, recurse: bool):
+        return _named_entries(self, prefix + "." if prefix else "", True, recurse)
+
+    def named_children(self) -> Iterator[Tuple[str, "Module"]]:
+        """The Modules held directly in attributes (or in lists/tuples/dicts there)."""
+        seen = set()
+        for attr, v in self.__dict__.items():
+            prefix = "" if attr in self._index_attrs else attr + "."
+            for name, m in _named_child_modules(v, prefix):
+                if id(m) not in seen:
+                    seen.add(id(m))
+                    yield name, m
+
+    def children(self) -> Iterator["Module"]:
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True
+                      ) -> Iterator[Tuple[str, "Module"]]:
+        """Self (named ``prefix``) then every descendant, depth first, each once."""
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
+        yield prefix, self
+        for name, m in self.named_children():
+            yield from m.named_modules(memo, f"{prefix}.{name}" if prefix else name,
+                                       remove_duplicate)
+
+    def modules(self) -> Iterator["Module"]:
+        for _, m in Module.named_modules(self):
+            yield m
+
+    def to(self, *args, device=None, dtype=None):
+        """Move and/or convert every parameter and buffer in place; returns self.
+
+        ``to(device)``, ``to("float64")``, ``to(device, dtype)``, keywords, or a device
+        name (``"cuda"``). Parameters keep their identity (optimizers built before stay
+        valid, though their state is not converted) and their ``.grad`` follows;
+        buffers (BatchNorm running statistics) are replaced. Only floating-point
+        tensors change dtype. A module's ``device``/``dtype`` attributes are updated.
+        """
+        device, dtype = _parse_to_args(args, device, dtype)
+        for _, owner, attr, t in _named_entries(self, ""):
+            data = _converted(t, device, dtype)
+            if data is None:
                 continue
-            moved = Tensor(_as_numpy(t), device=device, dtype=t.dtype, requires_grad=False)
             if isinstance(t, Parameter) or owner is None:
-                t.data = moved
+                t.cached_data = data   # in place: the ``.data`` setter refuses a dtype change
+                grad = getattr(t, "grad", None)
+                if grad is not None:
+                    gdata = _converted(grad, device, dtype)
+                    if gdata is not None:
+                        t.grad = Tensor.make_const(gdata)
             else:
-                setattr(owner, attr, moved)
+                setattr(owner, attr, Tensor.make_const(data))
+        for _, m in Module.named_modules(self):
+            if device is not None and "device" in m.__dict__:
+                m.device = device
+            if dtype is not None and isinstance(m.__dict__.get("dtype"), str):
+                m.dtype = dtype
         return self
 
-    # ----- checkpoints -------------------------------------------------
-    def named_parameters(self) -> List[Tuple[str, Tensor]]:
-        seen, out = set(), []
-        for name, _, _, t in _named_entries(self, ""):
-            if isinstance(t, Parameter) and id(t) not in seen:
-                seen.add(id(t))
-                out.append((name, t))
-        return out
+    def extra_repr(self) -> str:
+        """The layer's own settings for ``repr``, e.g. ``in_features=3, out_features=4``."""
+        return ""
 
+    def __repr__(self):
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        child_lines = [f"({name}): {_addindent(repr(m), 2)}" for name, m in self.named_children()]
+        lines = extra_lines + child_lines
+        body = ""
+        if len(extra_lines) == 1 and not child_lines:
+            body = extra_lines[0]
+        elif lines:
+            body = "\n  " + "\n  ".join(lines) + "\n"
+        return f"{type(self).__name__}({body})"
+
+    # ----- checkpoints -------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, Tensor]":
         """Copies of every parameter and buffer (e.g. BatchNorm running stats), keyed by
         dotted attribute path. Values are detached Tensors that later training does not change."""
@@ -269,6 +443,10 @@ class Linear(Module):
             out = out.reshape(lead + (self.out_features,))
         return out
 
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
 
 class Flatten(Module):
     """(B, d1, d2, ...) -> (B, d1*d2*...)."""
@@ -287,13 +465,39 @@ class Tanh(Module):
         return ops.tanh(x)
 
 
+class _LayerTuple(tuple):
+    """``Sequential.modules``: the course's tuple of layers that can also be called, as
+    PyTorch's ``model.modules()`` (which the course's attribute would otherwise hide)."""
+
+    def __new__(cls, layers, owner):
+        self = super().__new__(cls, layers)
+        self._owner = owner
+        return self
+
+    def __call__(self):
+        return Module.modules(self._owner)
+
+
 class Sequential(Module):
+    """Applies ``modules`` in order; PyTorch names them "0", "1", ..."""
+
+    _index_attrs = ("modules",)
+
     def __init__(self, *modules):
         super().__init__()
         self.modules = modules
 
+    @property
+    def modules(self):
+        return _LayerTuple(self.__dict__["modules"], self)
+
+    @modules.setter
+    def modules(self, layers):
+        # Stored in __dict__ under its course name: parameters(), state_dict keys unchanged.
+        self.__dict__["modules"] = tuple(layers)
+
     def forward(self, x: Tensor) -> Tensor:
-        for m in self.modules:
+        for m in self.__dict__["modules"]:
             x = m(x)
         return x
 
@@ -361,6 +565,9 @@ class BatchNorm1d(Module):
         scale = self.weight * (self.running_var + self.eps) ** -0.5
         return xc * scale.broadcast_to(shape) + self.bias.broadcast_to(shape)
 
+    def extra_repr(self):
+        return f"{self.dim}, eps={self.eps}, momentum={self.momentum}"
+
 
 class BatchNorm2d(BatchNorm1d):
     """BatchNorm over N, H, W of an NCHW input (channels are the features)."""
@@ -392,6 +599,9 @@ class LayerNorm1d(Module):
         # One fused node (ops.LayerNorm); ops.layer_norm_composition is its test oracle.
         return ops.layer_norm(x, self.weight, self.bias, self.eps)
 
+    def extra_repr(self):
+        return f"{self.dim}, eps={self.eps}"
+
 
 class Dropout(Module):
     """Training: zero each element with probability p and scale the rest by 1/(1-p)."""
@@ -410,6 +620,9 @@ class Dropout(Module):
             return x * mask
         # The 1/(1-p) scale goes into the constant mask: one graph node, not two.
         return x * Tensor.make_const(mask.realize_cached_data() * (1.0 / (1 - self.p)))
+
+    def extra_repr(self):
+        return f"p={self.p}"
 
 
 class Residual(Module):

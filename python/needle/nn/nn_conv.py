@@ -7,7 +7,10 @@ import needle.init as init
 from needle import ops
 from needle.autograd import Tensor
 
+from . import functional as _F
 from .nn_basic import Module, Parameter
+
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def _first(value, name, owner):
@@ -65,7 +68,9 @@ class Conv(Module):
 
     ``padding=None`` means "same": half the effective kernel ``dilation*(K-1)+1``, i.e.
     ``K//2`` (course) and ``dilation*(K-1)//2`` for odd K. ``padding_mode`` is
-    ``"zeros"`` or ``"circular"``. The weight has shape (K, K, Cin/groups, Cout)
+    ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (PyTorch's modes: the
+    input is padded by ``functional.pad`` first, then convolved without padding).
+    The weight has shape (K, K, Cin/groups, Cout)
     and is drawn first (kaiming uniform), then the bias, as in the course.
     For course compatibility a bool in the 5th position is taken as ``bias``
     (the course signature is ``Conv(in, out, k, stride=1, bias=True, ...)``).
@@ -98,9 +103,9 @@ class Conv(Module):
         padding = _first(padding, "padding", name)
         if padding < 0:
             raise ValueError(f"{name}: padding must be >= 0, got {padding}")
-        if padding_mode not in ("zeros", "circular"):
-            raise ValueError(f"{name}: padding_mode must be 'zeros' or 'circular', "
-                             f"got {padding_mode!r}")
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"{name}: padding_mode must be one of "
+                             f"{', '.join(map(repr, _PADDING_MODES))}, got {padding_mode!r}")
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.kernel_size = kernel_size
@@ -129,8 +134,10 @@ class Conv(Module):
                              f"got {tuple(x.shape)}")
         x = _nchw_to_nhwc(x)
         padding = self.padding
-        if self.padding_mode == "circular" and padding > 0:
-            x = circular_pad_nhwc(x, padding)
+        if self.padding_mode != "zeros" and padding > 0:
+            # H and W of the NHWC view, in PyTorch's padding modes (slices + one cat per axis)
+            x = _F._pad_axes(x, {1: (padding, padding), 2: (padding, padding)}, self.padding_mode,
+                             fn="Conv")
             padding = 0
         kwargs = {}
         if self.dilation != 1:
@@ -141,6 +148,22 @@ class Conv(Module):
         if self.bias is not None:
             out = out + self.bias.broadcast_to(out.shape)
         return _nhwc_to_nchw(out)
+
+    def extra_repr(self):
+        # PyTorch's Conv2d format; padding only when not the default "same" padding.
+        k, d = self.kernel_size, getattr(self, "dilation", 1)
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={k}, stride={self.stride}"
+        if self.padding != (d * (k - 1) + 1) // 2:
+            s += f", padding={self.padding}"
+        if d != 1:
+            s += f", dilation={d}"
+        if getattr(self, "groups", 1) != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if getattr(self, "padding_mode", "zeros") != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
 
 
 class _Pool2d(Module):
@@ -170,6 +193,9 @@ class _Pool2d(Module):
         out = op(_nchw_to_nhwc(x), kernel_size=self.kernel_size, stride=self.stride,
                  padding=self.padding)
         return _nhwc_to_nchw(out)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class MaxPool2d(_Pool2d):

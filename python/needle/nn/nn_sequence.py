@@ -4,7 +4,7 @@ import numpy as np
 
 import needle.init as init
 from needle import ops
-from needle.autograd import Tensor
+from needle.autograd import Tensor, TensorOp
 
 from .nn_basic import Module, Parameter, one_hot
 
@@ -26,11 +26,45 @@ def _uniform(shape, bound, device, dtype):
                                requires_grad=True))
 
 
+class _ZeroStateLink(TensorOp):
+    """``gates + 0 @ W_hh`` without the product: the first step from an implicit zero state.
+
+    The value is ``gates`` itself; ``W_hh`` gets the zero gradient that an explicit zero
+    state gives it (PyTorch's behaviour), so every parameter has a ``.grad`` after
+    backward even on a one-step sequence, for the cost of one zeros array in backward
+    instead of a (batch, H) x (H, nH) matmul in each direction.
+    """
+
+    def compute(self, gates, w_hh):
+        return gates
+
+    def gradient(self, out_grad, node):
+        return out_grad, init.zeros_like(node.inputs[1])
+
+
+def _from_zero_state(gates, w_hh):
+    return _ZeroStateLink()(gates, w_hh)
+
+
 def _check_input(x, input_size, owner, ndim):
     if len(x.shape) != ndim or x.shape[-1] != input_size:
         want = "(batch, input_size)" if ndim == 2 else "(seq_len, batch, input_size)"
         raise ValueError(f"{owner}: expected {want} with input_size={input_size}, "
                          f"got {tuple(x.shape)}")
+
+
+def _rnn_repr(m):
+    """PyTorch's RNN/LSTM format: sizes, then the settings that differ from the defaults."""
+    s = f"{m.input_size}, {m.hidden_size}"
+    if getattr(m, "num_layers", 1) != 1:
+        s += f", num_layers={m.num_layers}"
+    cell = m if not hasattr(m, "num_layers") else (m.rnn_cells if hasattr(m, "rnn_cells")
+                                                   else m.lstm_cells)[0]
+    if cell.bias_ih is None:
+        s += ", bias=False"
+    if getattr(cell, "nonlinearity", "tanh") != "tanh":
+        s += f", nonlinearity={cell.nonlinearity}"   # unquoted, as PyTorch prints it
+    return s
 
 
 class RNNCell(Module):
@@ -58,13 +92,15 @@ class RNNCell(Module):
         _check_input(X, self.input_size, "RNNCell", 2)
         bs = X.shape[0]
         out = X @ self.W_ih
-        if h is not None:
-            out = out + h @ self.W_hh
+        out = _from_zero_state(out, self.W_hh) if h is None else out + h @ self.W_hh
         if self.bias_ih is not None:
             shape = (1, self.hidden_size)
             out = out + self.bias_ih.reshape(shape).broadcast_to((bs, self.hidden_size))
             out = out + self.bias_hh.reshape(shape).broadcast_to((bs, self.hidden_size))
         return ops.tanh(out) if self.nonlinearity == "tanh" else ops.relu(out)
+
+    def extra_repr(self):
+        return _rnn_repr(self)
 
 
 class RNN(Module):
@@ -95,6 +131,9 @@ class RNN(Module):
             hs[k] = h
             inputs = outputs
         return ops.stack(inputs, 0), ops.stack(hs, 0)
+
+    def extra_repr(self):
+        return _rnn_repr(self)
 
 
 class LSTMCell(Module):
@@ -133,14 +172,17 @@ class LSTMCell(Module):
         bs = gates.shape[0]
         H = self.hidden_size
         h0, c0 = (None, None) if h is None else h
-        if h0 is not None:
-            gates = gates + h0 @ self.W_hh
+        # No state: h0 = c0 = 0, so h0 @ W_hh and f * c0 vanish (W_hh still gets its zero grad).
+        gates = _from_zero_state(gates, self.W_hh) if h0 is None else gates + h0 @ self.W_hh
         # (bs, 4H) -> (bs, 4, H) -> four (bs, H) blocks in i, f, g, o order.
         blocks = ops.split(gates.reshape((bs, 4, H)), 1)
         i, f, g, o = (_sigmoid(blocks[0]), _sigmoid(blocks[1]), ops.tanh(blocks[2]),
                       _sigmoid(blocks[3]))
         c = i * g if c0 is None else f * c0 + i * g
         return o * ops.tanh(c), c
+
+    def extra_repr(self):
+        return _rnn_repr(self)
 
 
 class LSTM(Module):
@@ -182,6 +224,9 @@ class LSTM(Module):
             seq = ops.stack(outputs, 0)
         return seq, (ops.stack(hs, 0), ops.stack(cs, 0))
 
+    def extra_repr(self):
+        return _rnn_repr(self)
+
 
 class Embedding(Module):
     """Lookup table: x (seq_len, bs) of indices -> (seq_len, bs, embedding_dim)."""
@@ -203,3 +248,6 @@ class Embedding(Module):
         # adjoint scatter-adds into the weight's rows.
         out = ops.gather_rows(self.weight, idx.reshape(-1))
         return out.reshape(tuple(x.shape) + (self.embedding_dim,))
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"

@@ -93,6 +93,9 @@ class MultiHeadAttention(Module):
         result = self._bmm_t(probs, v.transpose((2, 3)))
         return result, probs
 
+    def extra_repr(self):
+        return f"causal={self.causal}"
+
 
 class AttentionLayer(Module):
     """Pre-norm multi-head attention with bias-free q/k/v/out projections on (B, T, D)."""
@@ -136,6 +139,13 @@ class AttentionLayer(Module):
         result = result.transpose((1, 2)).reshape(
             (batch_size, queries_len, self.num_head * self.dim_head))
         return self.out_projection(result)
+
+    def extra_repr(self):
+        s = f"q_features={self.q_features}, num_head={self.num_head}, dim_head={self.dim_head}"
+        for name in ("k_features", "v_features", "out_features"):
+            if getattr(self, name) != self.q_features:
+                s += f", {name}={getattr(self, name)}"
+        return s
 
 
 class TransformerLayer(Module):
@@ -198,3 +208,7 @@ class Transformer(Module):
         if not self.batch_first:
             x = x.transpose((0, 1))
         return x, init.zeros_like(x)
+
+    def extra_repr(self):
+        return (f"embedding_size={self.embedding_size}, num_layers={len(self.layers)}, "
+                f"sequence_len={self.sequence_len}, batch_first={self.batch_first}")

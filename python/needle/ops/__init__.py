@@ -6,4 +6,5 @@ from .ops_indexing import *
 from .ops_conv import *
 from .ops_loss import *
 from .ops_norm import *
+from .ops_functions import *
 from ..autograd import Tensor, TensorTuple
