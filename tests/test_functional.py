@@ -512,3 +512,37 @@ def test_conv_module_padding_modes(device, mode):
     close(conv.weight.grad, ref.weight.grad.permute(2, 3, 1, 0), 1e-5, 1e-4)
     with pytest.raises(ValueError, match="padding_mode"):
         nn.Conv(2, 2, 3, padding_mode="mirror")
+
+
+# ---- max_pool2d indices, embedding options ----------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=(3, 2), stride=1, dilation=2), dict(kernel_size=3, ceil_mode=True)])
+def test_max_pool2d_return_indices_match_torch(device, kw):
+    tt = torch
+    x = np.random.default_rng(3).integers(0, 5, (2, 3, 7, 8)).astype(np.float32)  # ties: the first max wins
+    out, idx = F.max_pool2d(ndl.Tensor(x, device=device), return_indices=True, **kw)
+    t_out, t_idx = tt.nn.functional.max_pool2d(tt.tensor(x), return_indices=True, **kw)
+    np.testing.assert_array_equal(out.numpy(), t_out.numpy())
+    np.testing.assert_array_equal(idx.numpy(), t_idx.numpy())
+    assert str(idx.dtype) == "int64" and not idx.requires_grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_embedding_scale_grad_by_freq_max_norm_and_sparse_match_torch(device):
+    tt = torch
+    rng = np.random.default_rng(4)
+    w, idx, g = rng.standard_normal((10, 4)) * 2, np.array([[1, 2, 1], [3, 1, 7]]), rng.standard_normal((2, 3, 4))
+    for opts in [dict(scale_grad_by_freq=True), dict(max_norm=1.0), dict(max_norm=1.5, norm_type=1.0),
+                 dict(sparse=True)]:
+        a, ta = ndl.Tensor(w, device=device, dtype="float64"), tt.tensor(w, requires_grad=True)
+        out = F.embedding(ndl.Tensor(idx, device=device), a, **opts)
+        with tt.no_grad():
+            tw = ta.detach().clone()
+        t_out = tt.nn.functional.embedding(tt.tensor(idx), tw.requires_grad_(), **opts)
+        np.testing.assert_allclose(out.numpy(), t_out.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(a.numpy(), tw.detach().numpy(), rtol=1e-12)  # max_norm renormalises in place
+        (out * ndl.Tensor(g, device=device, dtype="float64")).sum().backward()
+        (t_out * tt.tensor(g)).sum().backward()
+        t_grad = tw.grad.to_dense() if tw.grad.is_sparse else tw.grad
+        np.testing.assert_allclose(a.grad.numpy(), t_grad.numpy(), rtol=1e-12, atol=1e-14)

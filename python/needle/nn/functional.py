@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 
 from needle import init, ops
-from needle.autograd import NDArray, Tensor
+from needle.autograd import NDArray, Tensor, no_grad
 from needle.ops import array_backend as B
 from needle.ops.ops_functions import cat, erf, where
 from needle.ops.ops_indexing import GetItem
@@ -453,13 +453,31 @@ def _to_nchw(out, unbatched):
     return ops.reshape(out, tuple(out.shape[1:])) if unbatched else out
 
 
+def _pool_indices(cols, kernel, stride, padding, dilation, width, unbatched, device):
+    """Input-plane positions of the first maximum of each window of cols (N, Ho, Wo, kh, kw, C)."""
+    N, Ho, Wo, kh, kw, C = cols.shape
+    data = B.compact(cols.realize_cached_data()).reshape((N, Ho, Wo, kh * kw, C))
+    k = np.asarray(B.argmax(data, 3)).astype(np.int64) if B.NP else B.argmax(data, 3).numpy()
+    ho = np.arange(Ho).reshape(1, Ho, 1, 1)
+    wo = np.arange(Wo).reshape(1, 1, Wo, 1)
+    h = ho * stride[0] - padding[0] + (k // kw) * dilation[0]
+    w = wo * stride[1] - padding[1] + (k % kw) * dilation[1]
+    index = (h * width + w).transpose(0, 3, 1, 2)
+    return Tensor(index[0] if unbatched else index, device=device, dtype="int64", requires_grad=False)
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max over kh x kw windows of NCHW ``input`` (padding counts as -inf; stride defaults
-    to the kernel). Tied maxima share the gradient evenly (PyTorch gives it to one)."""
-    if return_indices:
-        raise NotImplementedError("max_pool2d: return_indices=True is not supported")
-    cols, _, unbatched = _pool(input, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d", -math.inf)
-    return _to_nchw(ops.amax(cols, axes=(3, 4)), unbatched)
+    to the kernel). Tied maxima share the gradient evenly (PyTorch gives it to one).
+    With ``return_indices``, also the int64 position (h * W + w in the input plane) of each
+    window's first maximum, as PyTorch returns it."""
+    cols, (kernel, stride, padding, _), unbatched = _pool(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                                          "max_pool2d", -math.inf)
+    out = _to_nchw(ops.amax(cols, axes=(3, 4)), unbatched)
+    if not return_indices:
+        return out
+    return out, _pool_indices(cols, kernel, stride, padding, _pair(dilation, "max_pool2d", "dilation"),
+                              input.shape[-1], unbatched, out.device)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -534,11 +552,13 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
               sparse=False):
     """Rows of ``weight`` (num_embeddings, dim) at integer ``input`` indices: shape
     input.shape + (dim,). Gradient scatter-adds into the rows; the row ``padding_idx``
-    gets no gradient. An index outside [0, num_embeddings) is an IndexError."""
+    gets no gradient. An index outside [0, num_embeddings) is an IndexError.
+    ``max_norm`` renormalises (in place, without a gradient) the looked-up rows whose
+    ``norm_type``-norm exceeds it, as PyTorch does; ``scale_grad_by_freq`` divides each
+    row's gradient by the row's count in ``input``. ``sparse`` is accepted: the gradient
+    has the same values, stored dense (needle has no sparse tensors)."""
     fn = "embedding"
     _check_tensor(weight, fn, "weight")
-    if max_norm is not None or scale_grad_by_freq or sparse:
-        raise NotImplementedError(f"{fn}: max_norm, scale_grad_by_freq and sparse are not supported")
     if len(weight.shape) != 2:
         raise ValueError(f"{fn}: weight must be (num_embeddings, dim), got shape {tuple(weight.shape)}")
     n, dim = weight.shape
@@ -552,7 +572,15 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
     bad = (ints < 0) | (ints >= n)
     if bad.any():
         raise IndexError(f"{fn}: index {int(ints[bad][0])} is out of range for weight of shape {tuple(weight.shape)}")
+    if max_norm is not None:
+        _renorm_rows(weight, np.unique(ints), float(max_norm), float(norm_type))
     out = ops.gather_rows(weight, ints)
+    if scale_grad_by_freq and ints.size:
+        counts = np.bincount(ints, minlength=n)[ints].astype(np.float64)
+        scale = Tensor(np.broadcast_to((1.0 / counts)[:, None], (ints.size, dim)), device=weight.device,
+                       dtype=weight.dtype, requires_grad=False)
+        # forward value unchanged, gradient scaled: out * s + (out - out * s) with the second part constant
+        out = out * scale + (out - out * scale).detach()
     if padding_idx is not None:
         if not -n <= padding_idx < n:
             raise ValueError(f"{fn}: padding_idx {padding_idx} must be within the {n} embeddings")
@@ -561,6 +589,17 @@ def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, sca
             keep = ops.gather_rows(weight.detach(), ints)
             out = where(np.broadcast_to(is_pad[:, None], (ints.size, dim)), keep, out)
     return ops.reshape(out, tuple(idx.shape) + (dim,))
+
+
+def _renorm_rows(weight, rows, max_norm, norm_type):
+    """Rows of weight whose norm exceeds max_norm scaled to max_norm * (1 - 1e-7 slack), in place."""
+    table = weight.numpy()[rows].astype(np.float64)
+    norms = np.linalg.norm(table, ord=norm_type, axis=1)
+    over = norms > max_norm
+    if over.any():
+        table[over] *= (max_norm / (norms[over] + 1e-7))[:, None]
+        with no_grad():
+            weight[rows[over]] = table[over]
 
 
 # ---- pad -----------------------------------------------------------------------
