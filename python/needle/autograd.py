@@ -21,12 +21,13 @@ import numpy
 
 import needle
 from .backend_selection import BACKEND, Device, NDArray, all_devices, array_api, cpu, default_device  # noqa: F401 (re-exported)
+from .backend_ndarray.dtypes import FLOATING as _FLOATING
 from .tensor_methods import TensorMethods
 
 LAZY_MODE = False
 TENSOR_COUNTER = 0
 _ND = BACKEND == "nd"
-_FLOATING = frozenset({"float32", "float64", "float16", "bfloat16"})
+
 _GRAD_ENABLED = True
 
 

@@ -109,9 +109,6 @@ struct Scalar {
   bool is_int;
 };
 
-template <typename T>
-NEEDLE_HD T scalar_as(double v) { return Convert<T>::from(v); }
-
 // The scalar as a storage value of T, converted as numpy's np.array([v]).astype(T) does.
 template <typename T>
 NEEDLE_HD T scalar_as(const Scalar& s) {

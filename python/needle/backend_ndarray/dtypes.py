@@ -70,10 +70,6 @@ def to_numpy_dtype(dtype):
     return dt
 
 
-def to_numpy_dtype_or_none(dtype):
-    return _NUMPY.get(dtype)
-
-
 def of_numpy(array):
     """The needle dtype of a numpy array's data (TypeError if needle has none for it)."""
     name = _BY_NUMPY.get(array.dtype)

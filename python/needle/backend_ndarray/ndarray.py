@@ -220,7 +220,7 @@ def _from_numpy(data, device, dtype):
     np_dtype = _dt.to_numpy_dtype(dtype)
     if data.dtype != np_dtype:
         with np.errstate(all="ignore"):
-            if data.dtype == _dt.to_numpy_dtype_or_none("bfloat16") and dtype not in _dt.FLOATING:
+            if data.dtype.name == "bfloat16" and dtype not in _dt.FLOATING:
                 data = data.astype(np.float32)  # ml_dtypes' own int casts differ from numpy's
             data = data.astype(np_dtype)
     device.require()
@@ -544,25 +544,15 @@ class NDArray:
         return (self if self._shape == shape else self.broadcast_to(shape),
                 other if other._shape == shape else other.broadcast_to(shape))
 
-    def _operands(self, other, what, float_only=False):
-        """(self, other) converted to their common dtype (PyTorch's promotion; float32 when
-        the op needs a floating dtype and the common one is not)."""
+    def _operands(self, other, what):
+        """(self, other) converted to their common dtype (PyTorch's promotion)."""
         is_array = isinstance(other, NDArray)
-        if not is_array and type(other) is not float and type(other) is not int and not _is_scalar(other):
+        if not is_array and not _is_scalar(other):
             raise TypeError(f"{what}: operand must be an NDArray or a number, got {type(other).__name__}")
-        mine = self._dtype
-        if is_array and other._dtype == mine:
-            dtype = mine
-        elif not is_array and type(other) is float and mine in _dt.FLOATING:
-            dtype = mine  # the common case: a float scalar never widens a float array
-        else:
-            dtype = _dt.result_type(self, other)
-        if float_only and dtype not in _dt.FLOATING:
-            dtype = _dt.DEFAULT_FLOAT
-        a = self if mine == dtype else self.astype(dtype)
-        if is_array:
-            if other._dtype != dtype:
-                other = other.astype(dtype)
+        dtype = _dt.result_type(self, other)
+        a = self if self._dtype == dtype else self.astype(dtype)
+        if is_array and other._dtype != dtype:
+            other = other.astype(dtype)
         return a, other
 
     def ewise_or_scalar(self, other, ewise_func, scalar_func, what="elementwise op", out_dtype=None,
@@ -577,7 +567,7 @@ class NDArray:
         elif (type(other) is float or type(other) is int) and dtype in _dt.FLOATING:
             is_array = False  # a Python number never widens a float array
         else:
-            self, other = self._operands(other, what, float_only)
+            self, other = self._operands(other, what)
             dtype = self._dtype
             is_array = isinstance(other, NDArray)
         if float_only and dtype not in _dt.FLOATING:
