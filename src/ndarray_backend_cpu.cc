@@ -114,6 +114,7 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.def("matmul_tiled", MatmulTiled);
   m.def("bmm", Bmm);
   m.def("bmm_naive", BmmNaive);
+  m.def("conv2d", Conv2d);
 
   m.def("reduce_max", ReduceMax);
   m.def("reduce_sum", ReduceSum);

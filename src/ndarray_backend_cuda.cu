@@ -169,6 +169,9 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
     nc::bmm(0, "bmm_naive", a, b, out, batch, mm, n, p, a_strides, a_offset, b_strides, b_offset);
   }, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("batch"), py::arg("m"), py::arg("n"), py::arg("p"),
      py::arg("a_strides"), py::arg("a_offset"), py::arg("b_strides"), py::arg("b_offset"));
+  m.def("conv2d", &nc::conv2d, py::arg("x"), py::arg("w"), py::arg("out"), py::arg("x_shape"), py::arg("x_strides"),
+        py::arg("x_offset"), py::arg("w_shape"), py::arg("w_strides"), py::arg("w_offset"), py::arg("out_shape"),
+        py::arg("out_strides"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"));
   m.def("set_matmul_kernel", &nc::set_matmul_kernel, py::arg("k"),
         "Select the kernel bmm/matmul use (see matmul_kernel_names()).");
   m.def("get_matmul_kernel", &nc::get_matmul_kernel);

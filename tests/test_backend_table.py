@@ -267,11 +267,34 @@ def _case_batch_norm(p):
     return dict(rtol=2e-5, atol=1e-4)
 
 
+def _case_conv2d(p):
+    # Images read through three layouts (NHWC; NCHW: unit w stride; batch-unit as the filter
+    # gradient reads them), a flipped filter view, padding of either sign, groups, dilation, and
+    # outputs stored NHWC or (ho, wo, n, cout).
+    n, h, w, c, kh, kw, cout = 3, 7, 6, 4, 3, 2, 6
+    x = p.buf(_rand(n * h * w * c + 5))
+    f = p.buf(_rand(kh * kw * c * cout))
+    layouts = {"nhwc": [h * w * c, w * c, c, 1], "nchw": [c * h * w, w, 1, h * w], "batch": [1, w * c * n, c * n, n]}
+    for (name, xs), (st, pad, dil, g) in zip(
+            sorted(layouts.items()) * 2, [((1, 1), (1, 0), (1, 1), 1), ((2, 3), (-1, 2), (1, 2), 2),
+                                          ((1, 2), (0, 0), (2, 1), 1), ((3, 1), (2, -1), (1, 1), 2),
+                                          ((2, 2), (1, 1), (1, 1), 1), ((1, 1), (0, 2), (2, 2), 2)]):
+        ho = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // st[0] + 1
+        wo = (w + 2 * pad[1] - dil[1] * (kw - 1) - 1) // st[1] + 1
+        cg = c // g
+        fs = [-kw * cg * cout, -cg * cout, cout, 1]  # flipped in kh and kw
+        fo = (kh - 1) * kw * cg * cout + (kw - 1) * cg * cout
+        for os in ([ho * wo * cout, wo * cout, cout, 1], [cout, wo * n * cout, n * cout, 1]):
+            p.call("conv2d", x, f, p.buf(np.zeros(n * ho * wo * cout)), [n, h, w, c], xs, 2, [kh, kw, cg, cout], fs,
+                   fo, [n, ho, wo, cout], os, list(st), list(pad), list(dil), g)
+    return dict(rtol=1e-5, atol=1e-5)
+
+
 CASES = {
     "elementwise": _case_elementwise, "views": _case_views, "matmul": _case_matmul,
     "reductions": _case_reductions, "reduce_sum_middle": _case_reduce_sum_middle, "ewise_rows": _case_ewise_rows,
     "gather_scatter_rows": _case_rows, "softmax_xent": _case_softmax_xent, "optimizers": _case_optimizers,
-    "batch_norm": _case_batch_norm,
+    "batch_norm": _case_batch_norm, "conv2d": _case_conv2d,
 }
 
 
@@ -313,3 +336,20 @@ def test_cpu_and_twin_reject_the_same_bad_calls():
         for side in (0, 1):
             with pytest.raises(ValueError):
                 (twin if side == 0 else cpu).bn_backward(*[a[side] if isinstance(a, tuple) else a for a in args])
+    # conv2d: channels that do not fit the groups, a view outside its buffer, an out with
+    # overlapping elements, a zero stride, a dtype it does not take: the same exception types.
+    img, filt, res = p.buf(_rand(2 * 5 * 5 * 4)), p.buf(_rand(3 * 3 * 2 * 6)), p.buf(np.zeros(2 * 3 * 3 * 6))
+    good = dict(x_shape=[2, 5, 5, 4], x_strides=[100, 20, 4, 1], x_offset=0, w_shape=[3, 3, 2, 6],
+                w_strides=[36, 12, 6, 1], w_offset=0, out_shape=[2, 3, 3, 6], out_strides=[54, 18, 6, 1],
+                stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=2)
+    bad = [(ValueError, dict(groups=1)), (IndexError, dict(x_offset=1)), (ValueError, dict(out_strides=[54, 18, 1, 1])),
+           (ValueError, dict(stride=[0, 1])), (ValueError, dict(w_shape=[3, 3, 2, 5]))]
+    for exc, change in bad:
+        kw = dict(good, **change)
+        for side in (0, 1):
+            with pytest.raises(exc):
+                (twin if side == 0 else cpu).conv2d(img[side], filt[side], res[side], *kw.values())
+    ints = p.buf(np.zeros(2 * 5 * 5 * 4), "int32")
+    for side in (0, 1):
+        with pytest.raises(TypeError):
+            (twin if side == 0 else cpu).conv2d(ints[side], filt[side], res[side], *good.values())

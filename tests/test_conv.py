@@ -1,6 +1,7 @@
 """Convolution and pooling against PyTorch: forward and both gradients (nd mode, every device).
 
-The full option grid stride {1,2,3} x padding {0,1,2} x dilation {1,2} x
+Every convolution test runs with both algorithms (``set_conv_algorithm``): the implicit GEMM
+(the backend's conv2d) and the explicit im2col reference. The full option grid stride {1,2,3} x padding {0,1,2} x dilation {1,2} x
 groups {1,2} x kernel {1, 3, 5, (3, 2)} runs on tiny tensors with odd shapes
 (H = 7, W = 6: H != W and neither a multiple of every stride), so trailing
 rows that the forward never reads are covered.
@@ -27,6 +28,13 @@ GRID = [
 ]
 
 
+@pytest.fixture(params=["implicit", "im2col"])
+def algorithm(request):
+    previous = ndl.ops.set_conv_algorithm(request.param)
+    yield request.param
+    ndl.ops.set_conv_algorithm(previous)
+
+
 def _nhwc(t):
     return t.detach().permute(0, 2, 3, 1).numpy()
 
@@ -50,7 +58,7 @@ def _conv_case(device, shape, kernel, stride, padding, dilation, groups, cin_g=2
 
 
 @pytest.mark.parametrize("device", ND_DEVICES)
-def test_conv_full_grid_matches_torch(device):
+def test_conv_full_grid_matches_torch(device, algorithm):
     """All 132 fitting combinations of the grid, forward + dX + dW."""
     np.random.seed(0)
     assert len(GRID) == 132
@@ -76,13 +84,13 @@ def test_conv_full_grid_matches_torch(device):
         ((2, 1, 1), (3, 5), 1, (1, 2), 1, 1),  # ResNet9's last 3x3 convs on a 1x1 map
     ],
 )
-def test_conv_odd_cases_match_torch(device, shape, kernel, stride, padding, dilation, groups):
+def test_conv_odd_cases_match_torch(device, algorithm, shape, kernel, stride, padding, dilation, groups):
     np.random.seed(1)
     _conv_case(device, shape, kernel, stride, padding, dilation, groups)
 
 
 @pytest.mark.parametrize("device", ND_DEVICES)
-def test_conv_pair_arguments_match_torch(device):
+def test_conv_pair_arguments_match_torch(device, algorithm):
     np.random.seed(2)
     x = np.random.randn(2, 7, 8, 4).astype(np.float32)
     w = np.random.randn(3, 2, 2, 4).astype(np.float32)
@@ -99,7 +107,7 @@ def test_conv_pair_arguments_match_torch(device):
 
 
 @pytest.mark.parametrize("device", ND_DEVICES)
-def test_conv_helper_default_padding_is_one(device):
+def test_conv_helper_default_padding_is_one(device, algorithm):
     x = ndl.Tensor(np.random.randn(1, 5, 5, 2), device=device)
     w = ndl.Tensor(np.random.randn(3, 3, 2, 1), device=device)
     assert ndl.conv(x, w).shape == (1, 5, 5, 1)
@@ -107,7 +115,7 @@ def test_conv_helper_default_padding_is_one(device):
 
 
 @pytest.mark.parametrize("device", ND_DEVICES)
-def test_conv_of_non_compact_input(device):
+def test_conv_of_non_compact_input(device, algorithm):
     """A transposed (strided) input tensor is handled like its compact copy."""
     np.random.seed(3)
     x = np.random.randn(1, 6, 5, 2).astype(np.float32)
@@ -120,7 +128,7 @@ def test_conv_of_non_compact_input(device):
 
 @pytest.mark.parametrize("device", ND_DEVICES)
 @pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 1, 1, 1), (2, 0, 2, 2), (3, 2, 1, 1), (1, 3, 1, 2)])
-def test_conv_grad_of_grad_matches_torch(device, stride, padding, dilation, groups):
+def test_conv_grad_of_grad_matches_torch(device, algorithm, stride, padding, dilation, groups):
     """Second derivatives: the adjoints are convs, so they differentiate again."""
     np.random.seed(4)
     x = np.random.randn(2, 7, 6, 2 * groups).astype(np.float32)
@@ -176,7 +184,7 @@ def test_max_pool_ties_split_gradient(device):
 
 @pytest.mark.parametrize("device", ND_DEVICES)
 @pytest.mark.parametrize("x_needs_grad", [False, True])
-def test_conv_skips_adjoint_of_input_without_grad(device, x_needs_grad):
+def test_conv_skips_adjoint_of_input_without_grad(device, algorithm, x_needs_grad):
     """A data batch (requires_grad=False) gets no dX; dW is unchanged."""
     np.random.seed(1)
     x = np.random.randn(2, 9, 9, 3).astype(np.float32)

@@ -7,11 +7,13 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dtypes.h"
@@ -279,6 +281,60 @@ inline void check_softmax_xent_grad(const char* fn, int64_t a, int64_t labels, i
                                      " elements do not fit (", num(n), ", ", num(k), ") logits, (n,) lse, (1,) g and ",
                                      "(n, k) out"}));
   if (labels != n) throw std::invalid_argument(cat({fn, ": ", num(labels), " labels for ", num(n), " rows"}));
+}
+
+// The elements of a view are distinct (nothing to race on when a kernel writes
+// it): sorted by |stride|, each axis steps past everything the smaller ones reach.
+inline void check_distinct_elements(const char* fn, const char* which, const Shape& shape, const Shape& strides) {
+  std::vector<std::pair<int64_t, int64_t>> axes;  // (|stride|, size) of axes longer than 1
+  for (size_t a = 0; a < shape.size(); ++a)
+    if (shape[a] > 1) axes.push_back({strides[a] < 0 ? -strides[a] : strides[a], shape[a]});
+  std::sort(axes.begin(), axes.end());
+  int64_t reach = 0;  // elements spanned by the smaller axes, minus one
+  for (const auto& ax : axes) {
+    if (ax.first <= reach)
+      throw std::invalid_argument(cat({fn, ": ", which, " view of shape ", shape_str(shape), ", strides ",
+                                       shape_str(strides), " has overlapping elements"}));
+    reach += ax.first * (ax.second - 1);
+  }
+}
+
+// conv2d: x (n, h, w, c), w (kh, kw, c / groups, cout) and out (n, ho, wo, cout)
+// are views inside their buffers (out from offset 0, with distinct elements);
+// stride and dilation are pairs >= 1, padding a (top, left) pair of any sign.
+inline void check_conv2d(const char* fn, int64_t x_size, int64_t w_size, int64_t out_size, const Shape& x_shape,
+                         const Shape& x_strides, int64_t x_offset, const Shape& w_shape, const Shape& w_strides,
+                         int64_t w_offset, const Shape& out_shape, const Shape& out_strides, const Shape& stride,
+                         const Shape& padding, const Shape& dilation, int64_t groups) {
+  if (x_shape.size() != 4 || w_shape.size() != 4 || out_shape.size() != 4)
+    throw std::invalid_argument(cat({fn, ": x, w and out must be 4-D (n, h, w, c), (kh, kw, c/groups, cout) and ",
+                                     "(n, ho, wo, cout), got ", shape_str(x_shape), ", ", shape_str(w_shape), " and ",
+                                     shape_str(out_shape)}));
+  if (stride.size() != 2 || padding.size() != 2 || dilation.size() != 2)
+    throw std::invalid_argument(cat({fn, ": stride, padding and dilation must be pairs, got ", shape_str(stride),
+                                     ", ", shape_str(padding), " and ", shape_str(dilation)}));
+  if (stride[0] < 1 || stride[1] < 1 || dilation[0] < 1 || dilation[1] < 1 || groups < 1)
+    throw std::invalid_argument(cat({fn, ": stride ", shape_str(stride), ", dilation ", shape_str(dilation),
+                                     " and groups ", num(groups), " must be >= 1"}));
+  check_view(fn, x_shape, x_strides, x_offset, x_size);
+  check_view(fn, w_shape, w_strides, w_offset, w_size);
+  check_view(fn, out_shape, out_strides, 0, out_size);
+  if (x_shape[3] != w_shape[2] * groups || w_shape[3] % groups || out_shape[0] != x_shape[0] ||
+      out_shape[3] != w_shape[3])
+    throw std::invalid_argument(cat({fn, ": x ", shape_str(x_shape), ", w ", shape_str(w_shape), " and out ",
+                                     shape_str(out_shape), " with groups=", num(groups), " do not fit: need c = ",
+                                     "w[2] * groups, cout = w[3] divisible by groups, and out (n, ho, wo, cout)"}));
+  check_distinct_elements(fn, "out", out_shape, out_strides);
+  // Tap rows reach p * s + i * d - pad: keep every such index inside int64.
+  for (int a = 0; a < 2; ++a) {
+    const int64_t pad = padding[a] < 0 ? -padding[a] : padding[a];
+    int64_t reach;
+    if (padding[a] == INT64_MIN ||
+        __builtin_add_overflow(checked_product(fn, {out_shape[1 + a], stride[a]}),
+                               checked_product(fn, {w_shape[a], dilation[a]}), &reach) ||
+        __builtin_add_overflow(reach, pad, &reach))
+      throw std::invalid_argument(cat({fn, ": stride, dilation and padding overflow 64-bit indexing"}));
+  }
 }
 
 // Integer power: a negative exponent has no integer result (numpy raises too).

@@ -48,6 +48,11 @@ void Bmm(const Buffer& a, const Buffer& b, Buffer* out, int64_t batch, int64_t m
 void BmmNaive(const Buffer& a, const Buffer& b, Buffer* out, int64_t batch, int64_t m, int64_t n, int64_t p,
               Shape sa, int64_t oa, Shape sb, int64_t ob);
 
+// ---- conv.cc: convolution as an implicit GEMM (x, w, out strided; see conv.h) ----
+void Conv2d(const Buffer& x, const Buffer& w, Buffer* out, Shape x_shape, Shape x_strides, int64_t x_offset,
+            Shape w_shape, Shape w_strides, int64_t w_offset, Shape out_shape, Shape out_strides, Shape stride,
+            Shape padding, Shape dilation, int64_t groups);
+
 // ---- rows.cc: row gather and scatter-add (embedding lookup and its adjoint) ----
 void GatherRows(const Buffer& a, const Buffer& idx, Buffer* out, int64_t num_rows, int64_t dim);
 void ScatterAddRows(const Buffer& a, const Buffer& idx, Buffer* out, int64_t num_rows, int64_t dim);

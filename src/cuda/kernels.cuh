@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/conv_geometry.h"
 #include "common/convert.h"
 #include "cuda/memory.cuh"
 
@@ -64,6 +65,11 @@ extern int g_matmul_kernel;  // what bmm / matmul use (set_matmul_kernel)
 // a (batch, m, n) by a_strides from a_offset, b (batch, n, p) likewise, out (batch, m, p) compact.
 void launch_bmm(int kernel, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
                 int64_t p, const Shape& a_strides, int64_t a_offset, const Shape& b_strides, int64_t b_offset);
+
+// ---- conv.cu: 2-D convolution as a direct loop (float32, float64) ----
+// x, w from their offsets, out from 0, all at the geometry's strides (common/conv_geometry.h).
+void launch_conv2d(const ConvGeometry& g, const Array& x, int64_t x_offset, const Array& w, int64_t w_offset,
+                   Array& out);
 
 // ---- rows.cu: row gather and scatter-add; rows are k checked int64 row numbers on the device ----
 void launch_gather_rows(const Array& a, const int64_t* rows, Array& out, int64_t k, int64_t dim);

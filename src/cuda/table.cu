@@ -262,6 +262,22 @@ void bmm(int kernel, const char* fn, const Array& a, const Array& b, Array& out,
   launch_bmm(kernel, a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset);
 }
 
+// ---- convolution ----
+// x (n, h, w, c), w (kh, kw, c / groups, cout), out (n, ho, wo, cout): strided views.
+void conv2d(const Array& x, const Array& w, Array& out, const Shape& x_shape, const Shape& x_strides, int64_t x_offset,
+            const Shape& w_shape, const Shape& w_strides, int64_t w_offset, const Shape& out_shape,
+            const Shape& out_strides, const Shape& stride, const Shape& padding, const Shape& dilation, int64_t groups) {
+  const char* fn = "conv2d";
+  const DType dt = check_same_dtype(fn, {x.dtype, w.dtype, out.dtype});
+  check_dtype_in(fn, dt, kFusedMask, "float32 or float64");
+  check_conv2d(fn, x.size, w.size, out.size, x_shape, x_strides, x_offset, w_shape, w_strides, w_offset, out_shape,
+               out_strides, stride, padding, dilation, groups);
+  if (shape_size(out_shape) == 0) return;
+  launch_conv2d(conv_geometry(x_shape, x_strides, w_shape, w_strides, out_shape, out_strides, stride, padding, dilation,
+                              groups),
+                x, x_offset, w, w_offset, out);
+}
+
 // ---- rows ----
 
 // a is (num_rows, dim) compact (any dtype), idx is (k,) compact, out is (k, dim) compact.

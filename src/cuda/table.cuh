@@ -52,6 +52,11 @@ void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, in
 void bmm(int kernel, const char* fn, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
          int64_t p, const Shape& a_strides, int64_t a_offset, const Shape& b_strides, int64_t b_offset);
 
+// ---- convolution ----
+void conv2d(const Array& x, const Array& w, Array& out, const Shape& x_shape, const Shape& x_strides, int64_t x_offset,
+            const Shape& w_shape, const Shape& w_strides, int64_t w_offset, const Shape& out_shape,
+            const Shape& out_strides, const Shape& stride, const Shape& padding, const Shape& dilation, int64_t groups);
+
 // ---- rows and fused ops ----
 void gather_rows(const Array& a, const Array& idx, Array& out, int64_t num_rows, int64_t dim);
 void scatter_add_rows(const Array& a, const Array& idx, Array& out, int64_t num_rows, int64_t dim);

@@ -15,6 +15,7 @@ _sum = builtins.sum
 import numpy as np
 
 from . import dtypes as _dt
+from .conv_layout import NHWC, conv_layout
 from .device import (
     BackendDevice,
     _shape_tuple,
@@ -778,6 +779,43 @@ class NDArray:
             out = out.reshape(out.shape[:-2] + (p,))
         if other.ndim == 1:
             out = out.reshape(out.shape[:-1])
+        return out
+
+    # ---- convolution ----------------------------------------------------------
+    def conv2d(self, weight, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1):
+        """Cross-correlation of this NHWC image (n, h, w, c) with ``weight`` (kh, kw, c/groups, cout)
+        in one backend call (on the CPU an implicit GEMM: no im2col matrix is built).
+
+        ``padding`` is ((top, bottom), (left, right)) of zeros (negative widths crop); output
+        (n, ho, wo, cout) with ho = (h + top + bottom - dh (kh - 1) - 1) // sh + 1. Both operands
+        are read through their strides; the output is NHWC or, for an image whose batch axis has
+        unit stride, a permuted view of a (ho, wo, n, cout) array (see conv_layout).
+        """
+        if not isinstance(weight, NDArray) or weight._device != self._device:
+            raise TypeError(f"conv2d: weight must be an NDArray on {self.device}")
+        if self._dtype != weight._dtype:
+            raise TypeError(f"conv2d: image and weight dtypes differ ({self.dtype} and {weight.dtype})")
+        if self.ndim != 4 or weight.ndim != 4:
+            raise ValueError(f"conv2d: need an NHWC image and a (kh, kw, c/groups, cout) weight, got shapes "
+                             f"{self.shape} and {weight.shape}")
+        (sh, sw), (dh, dw) = stride, dilation
+        (pt, pb), (pl, pr) = padding
+        n, h, w, _ = self._shape
+        kh, kw, _, cout = weight._shape
+        ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1 if sh > 0 and dh > 0 else -1
+        wo = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1 if sw > 0 and dw > 0 else -1
+        if ho < 0 or wo < 0:
+            raise ValueError(f"conv2d: kernel {weight.shape[:2]} (dilation {tuple(dilation)}, stride "
+                             f"{tuple(stride)}) does not fit the image {self.shape} padded by {tuple(padding)}")
+        compact_first, order = conv_layout(self._shape, self._strides)
+        x = self.compact() if compact_first else self
+        shape = (n, ho, wo, cout)
+        stored = _alloc(tuple(shape[a] for a in order), self._device, self._dtype)
+        inverse = tuple(order.index(a) for a in range(4))
+        out = stored.permute(inverse) if order != NHWC else stored
+        self._device.conv2d(x._handle, weight._handle, out._handle, list(x._shape), list(x._strides), x._offset,
+                            list(weight._shape), list(weight._strides), weight._offset, list(shape),
+                            list(out._strides), [sh, sw], [pt, pl], [dh, dw], int(groups))
         return out
 
     # ---- row gather / scatter-add -----------------------------------------

@@ -374,6 +374,91 @@ def bmm_naive(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offse
     bmm(a, b, out, batch, m, n, p, a_strides, a_offset, b_strides, b_offset)
 
 
+def conv2d(x, w, out, x_shape, x_strides, x_offset, w_shape, w_strides, w_offset, out_shape, out_strides, stride,
+           padding, dilation, groups):
+    """2-D cross-correlation of strided views (the compiled backends compute it as an implicit GEMM).
+
+    x is (n, h, w, c) with element strides ``x_strides`` from ``x_offset``, w is (kh, kw, c / groups,
+    cout) likewise, out is (n, ho, wo, cout) at ``out_strides`` from 0 (its elements distinct);
+    ``stride`` and ``dilation`` are pairs >= 1, ``padding`` the (top, left) pair (any sign; the
+    output size fixes how far the bottom and right reach). With cg = c / groups, cog = cout / groups:
+        out[b, p, q, g cog + j] = sum_{i, k, ch} x[b, p sh + i dh - pt, q sw + k dw - pl, g cg + ch]
+                                                 * w[i, k, ch, g cog + j],
+    taps outside x reading zero. float32 and float64 only.
+    """
+    fn = "conv2d"
+    dt = _same_dtype(fn, x, w, out)
+    _need(fn, dt, _FUSED, "needs float32 or float64")
+    _check_conv2d(fn, x, w, out, x_shape, x_strides, x_offset, w_shape, w_strides, w_offset, out_shape, out_strides,
+                  stride, padding, dilation, groups)
+    n, h, wd, c = x_shape
+    kh, kw, cg, cout = w_shape
+    ho, wo = out_shape[1:3]
+    if n * ho * wo * cout == 0:
+        return
+    (sh, sw), (pt, pl), (dh, dw) = stride, padding, dilation
+    # The rows and columns the taps reach, zero outside x: Xp[r] = x[r - pt].
+    rh, rw = (ho - 1) * sh + (kh - 1) * dh + 1, (wo - 1) * sw + (kw - 1) * dw + 1
+    xp = np.zeros((n, rh, rw, c), dtype=x.array.dtype)
+    xv = _view(x, x_shape, x_strides, x_offset)
+    r0, r1 = max(0, -pt), min(h, rh - pt)
+    c0, c1 = max(0, -pl), min(wd, rw - pl)
+    if r0 < r1 and c0 < c1:
+        xp[:, r0 + pt : r1 + pt, c0 + pl : c1 + pl, :] = xv[:, r0:r1, c0:c1, :]
+    s0, s1, s2, s3 = xp.strides
+    cols = np.lib.stride_tricks.as_strided(xp, (n, ho, wo, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3))
+    wv = _view(w, w_shape, w_strides, w_offset)
+    cog = cout // groups
+    res = np.empty((n, ho, wo, cout), dtype=x.array.dtype)
+    for g in range(groups):
+        res[..., g * cog : (g + 1) * cog] = np.tensordot(
+            cols[..., g * cg : (g + 1) * cg], wv[..., g * cog : (g + 1) * cog], axes=3)
+    ov = np.lib.stride_tricks.as_strided(out.array, tuple(out_shape),
+                                         tuple(int(st) * out.array.itemsize for st in out_strides))
+    ov[...] = res
+
+
+def _check_conv2d(fn, x, w, out, x_shape, x_strides, x_offset, w_shape, w_strides, w_offset, out_shape, out_strides,
+                  stride, padding, dilation, groups):
+    """The checks of src/common/checks.h check_conv2d, with the same exception types."""
+    if len(x_shape) != 4 or len(w_shape) != 4 or len(out_shape) != 4:
+        raise ValueError(f"{fn}: x, w and out must be 4-D (n, h, w, c), (kh, kw, c/groups, cout) and "
+                         f"(n, ho, wo, cout), got {tuple(x_shape)}, {tuple(w_shape)} and {tuple(out_shape)}")
+    if len(stride) != 2 or len(padding) != 2 or len(dilation) != 2:
+        raise ValueError(f"{fn}: stride, padding and dilation must be pairs, got {stride}, {padding} and {dilation}")
+    if min(stride) < 1 or min(dilation) < 1 or groups < 1:
+        raise ValueError(f"{fn}: stride {tuple(stride)}, dilation {tuple(dilation)} and groups {groups} must be >= 1")
+    for buf, shape, strides, offset in ((x, x_shape, x_strides, x_offset), (w, w_shape, w_strides, w_offset),
+                                        (out, out_shape, out_strides, 0)):
+        _check_view(fn, buf, shape, strides, offset)
+    if x_shape[3] != w_shape[2] * groups or w_shape[3] % groups or out_shape[0] != x_shape[0] \
+            or out_shape[3] != w_shape[3]:
+        raise ValueError(f"{fn}: x {tuple(x_shape)}, w {tuple(w_shape)} and out {tuple(out_shape)} with "
+                         f"groups={groups} do not fit: need c = w[2] * groups, cout = w[3] divisible by groups, "
+                         f"and out (n, ho, wo, cout)")
+    reach = 0
+    for st, size in sorted((abs(int(st)), int(size)) for st, size in zip(out_strides, out_shape) if size > 1):
+        if st <= reach:
+            raise ValueError(f"{fn}: out view of shape {tuple(out_shape)}, strides {tuple(out_strides)} has "
+                             f"overlapping elements")
+        reach += st * (size - 1)
+
+
+def _check_view(fn, buf, shape, strides, offset):
+    """A view inside its buffer: IndexError otherwise (src/common/checks.h check_view)."""
+    if len(shape) != len(strides):
+        raise ValueError(f"{fn}: shape {tuple(shape)} and strides {tuple(strides)} differ in length")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{fn}: negative dim in shape {tuple(shape)}")
+    if 0 in shape:
+        return
+    lo = offset + sum(min(0, (d - 1) * st) for d, st in zip(shape, strides))
+    hi = offset + sum(max(0, (d - 1) * st) for d, st in zip(shape, strides))
+    if lo < 0 or hi >= buf.size:
+        raise IndexError(f"{fn}: view of shape {tuple(shape)}, strides {tuple(strides)}, offset {offset} reaches "
+                         f"elements [{lo}, {hi}] outside a buffer of {buf.size}")
+
+
 def _sum_dtype(dt):
     """The dtype of a sum of dt: int64 for integers and bool, dt for floating types."""
     return dt if dt in FLOATING else "int64"

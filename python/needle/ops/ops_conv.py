@@ -1,10 +1,42 @@
-"""2-D convolution (im2col + one matmul) and pooling (strided views + reductions). NHWC."""
+"""2-D convolution (im2col + matmul, implicit or explicit) and pooling (strided views + reductions). NHWC."""
+import os
+
 import numpy
 
 from ..autograd import TensorOp
 from . import array_backend as B
 from .ops_indexing import get_item, pad
 from .ops_mathematic import amax, dilate, flip, permute, reshape, summation
+
+
+# How Conv computes: "implicit" is the backend's conv2d (on the CPU an implicit GEMM whose packing
+# reads the image, so no im2col matrix is ever allocated); "im2col" is the explicit strided im2col
+# view, compacted and multiplied (the reference); "auto" picks implicit on the CPU for float32 and
+# float64 and im2col elsewhere (the CUDA conv2d is a direct loop, slower than its tiled matmul).
+CONV_ALGORITHMS = ("auto", "implicit", "im2col")
+_IMPLICIT_DTYPES = ("float32", "float64")
+_algorithm = os.environ.get("NEEDLE_CONV_ALGORITHM", "auto")
+if _algorithm not in CONV_ALGORITHMS:
+    raise ValueError(f"NEEDLE_CONV_ALGORITHM must be one of {CONV_ALGORITHMS}, got {_algorithm!r}")
+
+
+def set_conv_algorithm(name):
+    """Select how Conv computes ("auto", "implicit" or "im2col"); returns the previous choice."""
+    global _algorithm
+    if name not in CONV_ALGORITHMS:
+        raise ValueError(f"conv algorithm must be one of {CONV_ALGORITHMS}, got {name!r}")
+    previous, _algorithm = _algorithm, name
+    return previous
+
+
+def get_conv_algorithm():
+    return _algorithm
+
+
+def _use_implicit(X):
+    if B.NP or _algorithm == "im2col" or X.dtype not in _IMPLICIT_DTYPES:
+        return False
+    return _algorithm == "implicit" or X.device.name == "cpu"
 
 
 def _pair(v, what):
@@ -203,6 +235,8 @@ class Conv(TensorOp):
         return out
 
     def _compute(self, X, W, padding):
+        if _use_implicit(X):
+            return X.conv2d(W, self.stride, padding, self.dilation, self.groups)
         kh, kw, Cg, Cout = W.shape
         g = self.groups
         X = _pad_or_crop(X, padding)

@@ -1,0 +1,445 @@
+// 2-D convolution as an implicit GEMM (see conv.h).
+//
+// Per group g, C (M x cog) = A (M x K) B (K x cog) with M = n ho wo output
+// pixels, K = kh kw cg taps x channels (channel fastest, the filter's own
+// order) and B the filter. The engine is the GEMM's (gemm_engine.h): B is
+// packed into NR-wide strips per KC-deep slab, and a register-blocked
+// micro-kernel multiplies an MR-row strip of A by each strip of B. Only the
+// packing of A differs from gemm.cc: it reads the image itself, one strip of
+// MR output pixels x one slab at a time, in one of two layouts:
+//   rows  (out rows ordered (n, ho, wo)): each pixel's slab is a row of the
+//         strip, filled by copying contiguous channel runs (for a unit channel
+//         stride; with unit dilation and w stride = c, a whole tap row of the
+//         filter is one run); the micro-kernel reads the rows in place.
+//   cols  (out rows ordered (ho, wo, n)): the strip is stored k-major (MR
+//         values per k), each k a copy of up to MR consecutive images of one
+//         pixel: contiguous when the image's batch stride is 1. This is how
+//         the filter gradient, a convolution of the image with its channel
+//         and batch axes swapped, reads it without a transposed copy.
+// Taps outside the image are written as zeros, so the kernel never branches.
+//
+// Threads: rows are cut into chunks of whole strips that the pool claims
+// (threads.h); B is packed once per range of slabs into a buffer they share.
+// A product with too few rows to share out (the filter gradient of a small
+// layer: kh kw cg rows, n ho wo deep) is cut along K instead: each task sums a
+// range of slabs into its own partial C, and the partials are added at the end.
+#include "conv.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "gemm_engine.h"
+#include "kernels.h"
+#include "threads.h"
+
+namespace needle {
+namespace cpu {
+namespace conv_detail {
+namespace {
+
+using namespace gemm_detail;
+
+// B is packed for as many slabs at once as fit in this (a 3x3x128x128 filter
+// is 576 KiB): one parallel region per range instead of one per slab. It
+// bounds the extra memory when B is an output gradient (the filter gradient).
+constexpr int64_t kSharedFilterBytes = int64_t(1) << 20;
+// Below this a shared B panel is packed by the calling thread alone.
+constexpr int64_t kSerialPackBytes = int64_t(256) << 10;
+constexpr int64_t kChunksPerThread = 3;
+constexpr int64_t kMinChunkStrips = 4;
+// Split-K keeps a partial C per task: only for outputs up to this size.
+constexpr int64_t kMaxPartialElems = int64_t(1) << 22;
+
+inline int64_t floor_div(int64_t a, int64_t d) { return a >= 0 ? a / d : -((-a + d - 1) / d); }
+inline int64_t ceil_div(int64_t a, int64_t d) { return -floor_div(-a, d); }
+
+template <typename F>
+inline void zero(F* p, int64_t n) {
+  if (n > 0) std::memset(static_cast<void*>(p), 0, size_t(n) * sizeof(F));
+}
+
+// dst[t] = src[t * stride], t < n.
+template <typename F>
+inline void copy_run(F* __restrict dst, const F* __restrict src, int64_t n, int64_t stride) {
+  if (stride == 1) {
+    std::memcpy(dst, src, size_t(n) * sizeof(F));
+  } else {
+    for (int64_t t = 0; t < n; ++t) dst[t] = src[t * stride];
+  }
+}
+
+// The GEMM of one group and the order of its rows.
+struct Plan {
+  const ConvGeometry* s;
+  int64_t M, K, cog;
+  bool batch_fastest;  // row m is (p, q, b) with b fastest; else (b, p, q) with q fastest
+};
+
+// True when rows ordered by axes (slowest first) of sizes `size` at strides
+// `stride` sit at a uniform stride (*step) from the first one.
+bool rows_uniform(const int64_t size[3], const int64_t stride[3], int64_t* step) {
+  int64_t st = 0, span = 1;
+  bool first = true;
+  for (int a = 2; a >= 0; --a) {
+    if (size[a] == 1) continue;
+    if (first) {
+      st = stride[a];
+      first = false;
+    } else if (stride[a] != st * span) {
+      return false;
+    }
+    span *= size[a];
+  }
+  *step = first ? 0 : st;
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Packing A from the image
+// ---------------------------------------------------------------------------
+// Rows layout: a[r * kc + t] = A[m0 + r][k0 + t] for r < mr, zero rows up to MR.
+// Rows are output pixels (b, p, q), q fastest.
+template <typename F>
+void pack_rows(const ConvGeometry& s, const F* x, int64_t g, int64_t m0, int64_t mr, int MR, int64_t k0,
+               int64_t kc, F* __restrict a) {
+  const int64_t tapw = s.kw * s.cg;  // depth of one row of filter taps
+  const bool unit_c = s.xs[3] == 1;
+  // Tap (i, k + 1) starts where tap (i, k) ends: a tap row is one run.
+  const bool adjacent = unit_c && s.dw * s.xs[2] == s.cg;
+  const int64_t k1 = k0 + kc, ia = k0 / tapw, ib = (k1 - 1) / tapw;
+  int64_t b = m0 / (s.ho * s.wo), p = (m0 / s.wo) % s.ho, q = m0 % s.wo;
+  for (int64_t r = 0; r < mr; ++r) {
+    F* row = a + r * kc;  // row[k - k0] for k in [k0, k1)
+    const F* xb = x + b * s.xs[0] + g * s.cg * s.xs[3];
+    const int64_t h0 = p * s.sh - s.pt, w0 = q * s.sw - s.pl;
+    // Taps k with 0 <= w0 + k dw < w: [klo, khi).
+    const int64_t klo = std::max<int64_t>(0, ceil_div(-w0, s.dw));
+    const int64_t khi = std::min<int64_t>(s.kw, ceil_div(s.w - w0, s.dw));
+    for (int64_t i = ia; i <= ib; ++i) {
+      const int64_t row0 = i * tapw;  // k of tap (i, 0), channel 0
+      const int64_t ka = std::max(k0, row0), kb = std::min(k1, row0 + tapw);
+      const int64_t h = h0 + i * s.dh;
+      const int64_t va = std::max(ka, row0 + klo * s.cg), vb = std::min(kb, row0 + khi * s.cg);
+      if (h < 0 || h >= s.h || va >= vb) {
+        zero(row + (ka - k0), kb - ka);
+        continue;
+      }
+      zero(row + (ka - k0), va - ka);
+      zero(row + (vb - k0), kb - vb);
+      const F* xh = xb + h * s.xs[1];
+      if (adjacent) {
+        std::memcpy(row + (va - k0), xh + w0 * s.xs[2] + (va - row0), size_t(vb - va) * sizeof(F));
+        continue;
+      }
+      for (int64_t k = va; k < vb;) {
+        const int64_t tap = (k - row0) / s.cg, ch = (k - row0) % s.cg;
+        const int64_t len = std::min(vb - k, s.cg - ch);
+        copy_run(row + (k - k0), xh + (w0 + tap * s.dw) * s.xs[2] + ch * s.xs[3], len, s.xs[3]);
+        k += len;
+      }
+    }
+    if (++q == s.wo) {
+      q = 0;
+      if (++p == s.ho) {
+        p = 0;
+        ++b;
+      }
+    }
+  }
+  zero(a + mr * kc, (MR - mr) * kc);
+}
+
+// Cols layout: a[t * MR + r] = A[m0 + r][k0 + t]. Rows are (p, q, b), b
+// fastest: a strip is a few runs of consecutive images of one output pixel.
+template <typename F, int MR>
+void pack_cols(const ConvGeometry& s, const F* x, int64_t g, int64_t m0, int64_t mr, int64_t k0, int64_t kc,
+               F* __restrict a) {
+  struct Run {
+    int64_t r0, len, h0, w0;
+    const F* base;
+  };
+  Run runs[MR];
+  int nruns = 0;
+  {
+    int64_t b = m0 % s.n, pq = m0 / s.n;
+    for (int64_t r = 0; r < mr;) {
+      const int64_t len = std::min(mr - r, s.n - b);
+      const int64_t p = pq / s.wo, q = pq % s.wo;
+      runs[nruns++] = {r, len, p * s.sh - s.pt, q * s.sw - s.pl, x + b * s.xs[0] + g * s.cg * s.xs[3]};
+      r += len;
+      b = 0;
+      ++pq;
+    }
+  }
+  const int64_t bs = s.xs[0], cs = s.xs[3];
+  const bool whole = nruns == 1 && mr == MR && bs == 1;
+  int64_t i = k0 / (s.kw * s.cg), k = (k0 / s.cg) % s.kw, ch = k0 % s.cg;
+  for (int64_t t = 0; t < kc;) {
+    // One tap (i, k): channels ch.. of this slab.
+    const int64_t nch = std::min(s.cg - ch, kc - t);
+    F* o = a + t * MR;
+    if (whole) {
+      const Run& u = runs[0];
+      const int64_t h = u.h0 + i * s.dh, w = u.w0 + k * s.dw;
+      if (h >= 0 && h < s.h && w >= 0 && w < s.w) {
+        const F* src = u.base + h * s.xs[1] + w * s.xs[2] + ch * cs;
+        for (int64_t c = 0; c < nch; ++c) std::memcpy(o + c * MR, src + c * cs, MR * sizeof(F));
+      } else {
+        zero(o, nch * MR);
+      }
+    } else {
+      for (int u = 0; u < nruns; ++u) {
+        const Run& run = runs[u];
+        const int64_t h = run.h0 + i * s.dh, w = run.w0 + k * s.dw;
+        if (h >= 0 && h < s.h && w >= 0 && w < s.w) {
+          const F* src = run.base + h * s.xs[1] + w * s.xs[2] + ch * cs;
+          for (int64_t c = 0; c < nch; ++c) copy_run(o + c * MR + run.r0, src + c * cs, run.len, bs);
+        } else {
+          for (int64_t c = 0; c < nch; ++c) zero(o + c * MR + run.r0, run.len);
+        }
+      }
+      if (mr < MR)
+        for (int64_t c = 0; c < nch; ++c) zero(o + c * MR + mr, MR - mr);
+    }
+    t += nch;
+    ch = 0;
+    if (++k == s.kw) {
+      k = 0;
+      ++i;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Packing B from the filter: B[k][j] = f[i, kk, ch, g cog + j] for k in
+// [k0, k0 + kc), j < cog, as NR-wide strips (kc x NR each, zero-padded).
+// ---------------------------------------------------------------------------
+template <typename F, int NR>
+void pack_filter(const ConvGeometry& s, const F* f, int64_t g, int64_t cog, int64_t k0, int64_t kc, F* __restrict out) {
+  for (int64_t j0 = 0; j0 < cog; j0 += NR) {
+    const int64_t nr = std::min<int64_t>(NR, cog - j0);
+    F* o = out + j0 * kc;
+    const F* fj = f + (g * cog + j0) * s.fs[3];
+    int64_t i = k0 / (s.kw * s.cg), k = (k0 / s.cg) % s.kw, ch = k0 % s.cg;
+    for (int64_t t = 0; t < kc; ++t) {
+      F* d = o + t * NR;
+      copy_run(d, fj + i * s.fs[0] + k * s.fs[1] + ch * s.fs[2], nr, s.fs[3]);
+      zero(d + nr, NR - nr);
+      if (++ch == s.cg) {
+        ch = 0;
+        if (++k == s.kw) {
+          k = 0;
+          ++i;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The engine for one register tile (MR x NV registers)
+// ---------------------------------------------------------------------------
+template <typename F, int MR, int NV>
+struct Engine {
+  static constexpr int NR = NV * Vec<F>::W;
+
+  // Rows [m0, m1) of group g's C (at c, row stride ldc), one kc-deep slab at
+  // k0 whose B strips are packed at bp (strip j at bp + j * kc).
+  static void rows(const Plan& P, const F* x, int64_t g, int64_t m0, int64_t m1, int64_t k0, int64_t kc,
+                   const F* bp, F* c, int64_t ldc, bool accumulate) {
+    F* abuf = scratch<F>(kConvA, int64_t(MR) * kc);
+    const int64_t ars = P.batch_fastest ? 1 : kc, acs = P.batch_fastest ? MR : 1;
+    for (int64_t ir = m0; ir < m1; ir += MR) {
+      const int64_t mr = std::min<int64_t>(MR, m1 - ir);
+      if (P.batch_fastest) {
+        pack_cols<F, MR>(*P.s, x, g, ir, mr, k0, kc, abuf);
+      } else {
+        pack_rows<F>(*P.s, x, g, ir, mr, MR, k0, kc, abuf);
+      }
+      for (int64_t jr = 0; jr < P.cog; jr += NR) {
+        const int64_t nr = std::min<int64_t>(NR, P.cog - jr);
+        F* cc = c + ir * ldc + jr;
+        if (mr == MR && nr == NR) {
+          micro_kernel_strided<F, MR, NV>(kc, abuf, ars, acs, bp + jr * kc, cc, ldc, accumulate);
+        } else {
+          alignas(64) F tile[MR * NR];
+          micro_kernel_strided<F, MR, NV>(kc, abuf, ars, acs, bp + jr * kc, tile, NR, false);
+          write_tile<F, MR, NV>(tile, cc, ldc, accumulate, mr, nr);
+        }
+      }
+    }
+  }
+
+  // C (rows of every group at c, row stride ldc) for the whole product.
+  static void run(const Plan& P, const F* x, const F* f, F* c, int64_t ldc) {
+    const ConvGeometry& s = *P.s;
+    const int64_t G = s.groups, M = P.M, K = P.K, cog = P.cog;
+    const int64_t ks = kc_step<F>(K), nslabs = (K + ks - 1) / ks, npad = round_up(cog, NR);
+    const int64_t mstrips = (M + MR - 1) / MR;
+    const double work = double(G) * double(M) * double(cog) * double(K);
+    const int nt = work >= double(kParallelFlops) && !in_parallel() ? pool_threads() : 1;
+    const int64_t min_chunks = G * ((mstrips + kMinChunkStrips - 1) / kMinChunkStrips);
+    if (nt > 1 && nslabs >= 2 && min_chunks < 2 * nt && G * M * cog <= kMaxPartialElems) {
+      split_k(P, x, f, c, ldc, nt);
+      return;
+    }
+    // Chunks of whole strips, about kChunksPerThread per thread, at most an MC block.
+    int64_t cm = Blocking<F>::MC_STRIPS;
+    if (nt > 1) {
+      const int64_t want = int64_t(nt) * kChunksPerThread;
+      cm = std::max<int64_t>(kMinChunkStrips, (G * mstrips + want - 1) / want);
+      cm = std::min<int64_t>(cm, Blocking<F>::MC_STRIPS);
+    }
+    const int64_t mchunks = (mstrips + cm - 1) / cm;
+    const int64_t slab_elems = ks * npad;
+    const int64_t per_range = std::max<int64_t>(1, kSharedFilterBytes / int64_t(sizeof(F)) / (G * slab_elems));
+    for (int64_t p0 = 0; p0 < nslabs; p0 += per_range) {
+      const int64_t np = std::min(per_range, nslabs - p0);
+      // Slab p of group g at bshared + (g * np + p - p0) * slab_elems.
+      F* bshared = scratch<F>(kConvB, G * np * slab_elems);
+      auto pack = [&](int64_t t) {
+        const int64_t g = t / np, p = p0 + t % np, k0 = p * ks;
+        pack_filter<F, NR>(s, f, g, cog, k0, std::min(ks, K - k0), bshared + t * slab_elems);
+      };
+      if (nt > 1 && G * np * slab_elems * int64_t(sizeof(F)) > kSerialPackBytes) {
+        parallel_for(G * np, pack, nt);
+      } else {
+        for (int64_t t = 0; t < G * np; ++t) pack(t);
+      }
+      auto chunk = [&](int64_t t) {
+        const int64_t g = t / mchunks, m0 = (t % mchunks) * cm * MR, m1 = std::min(M, m0 + cm * MR);
+        for (int64_t p = p0; p < p0 + np; ++p) {
+          const int64_t k0 = p * ks;
+          rows(P, x, g, m0, m1, k0, std::min(ks, K - k0), bshared + (g * np + p - p0) * slab_elems, c + g * cog,
+               ldc, p > 0);
+        }
+      };
+      if (nt > 1) {
+        parallel_for(G * mchunks, chunk, nt);
+      } else {
+        for (int64_t t = 0; t < G * mchunks; ++t) chunk(t);
+      }
+    }
+  }
+
+  // Few rows, deep K: tasks sum ranges of slabs into partial Cs, then add up.
+  static void split_k(const Plan& P, const F* x, const F* f, F* c, int64_t ldc, int nt) {
+    const ConvGeometry& s = *P.s;
+    const int64_t G = s.groups, M = P.M, K = P.K, cog = P.cog;
+    const int64_t ks = kc_step<F>(K), nslabs = (K + ks - 1) / ks, npad = round_up(cog, NR);
+    const int64_t kt = std::min<int64_t>(nslabs, 2 * int64_t(nt));
+    const int64_t part = M * cog;  // one partial: compact rows of cog
+    std::unique_ptr<F[]> partials(new F[size_t(kt * G * part)]);
+    const int64_t mc = Blocking<F>::MC_STRIPS * MR;
+    parallel_for(kt * G, [&](int64_t t) {
+      const int64_t r = t / G, g = t % G;
+      const int64_t pa = r * nslabs / kt, pb = (r + 1) * nslabs / kt;
+      F* cp = partials.get() + t * part;
+      F* bp = scratch<F>(kConvB, ks * npad);
+      for (int64_t p = pa; p < pb; ++p) {
+        const int64_t k0 = p * ks, kc = std::min(ks, K - k0);
+        pack_filter<F, NR>(s, f, g, cog, k0, kc, bp);
+        for (int64_t m0 = 0; m0 < M; m0 += mc) rows(P, x, g, m0, std::min(M, m0 + mc), k0, kc, bp, cp, cog, p > pa);
+      }
+    }, nt);
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t m = 0; m < M; ++m) {
+        F* dst = c + m * ldc + g * cog;
+        const F* src = partials.get() + g * part + m * cog;
+        std::memcpy(dst, src, size_t(cog) * sizeof(F));
+        for (int64_t r = 1; r < kt; ++r) {
+          const F* add = src + r * G * part;
+#pragma omp simd
+          for (int64_t j = 0; j < cog; ++j) dst[j] += add[j];
+        }
+      }
+    }
+  }
+};
+
+template <typename F, int MR, int NV>
+void run_tile(const Plan& P, const F* x, const F* f, F* c, int64_t ldc) {
+  Engine<F, MR, NV>::run(P, x, f, c, ldc);
+}
+
+}  // namespace
+}  // namespace conv_detail
+
+template <typename T>
+void conv2d_implicit(const ConvGeometry& s, const T* x, const T* f, T* out) {
+  // x is (n, h, w, c), f is (kh, kw, cg, cout), out is (n, ho, wo, cout); all strided (see conv.h).
+  using namespace conv_detail;
+  using F = T;
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "conv2d_implicit: float or double");
+  conv_detail::Plan P{&s, s.n * s.ho * s.wo, s.kh * s.kw * s.cg, s.groups ? s.cout / s.groups : 0, false};
+  if (P.M == 0 || s.cout == 0) return;
+  // Where out's rows go: evenly strided in (n, ho, wo) or in (ho, wo, n) order,
+  // else through a compact scratch C.
+  int64_t ldc = 0;
+  const int64_t nat_size[3] = {s.n, s.ho, s.wo}, nat_stride[3] = {s.os[0], s.os[1], s.os[2]};
+  const int64_t bf_size[3] = {s.ho, s.wo, s.n}, bf_stride[3] = {s.os[1], s.os[2], s.os[0]};
+  bool in_place = s.os[3] == 1 || s.cout == 1;
+  if (in_place && !rows_uniform(nat_size, nat_stride, &ldc)) {
+    P.batch_fastest = rows_uniform(bf_size, bf_stride, &ldc);
+    in_place = P.batch_fastest;
+  }
+  if (ldc < s.cout) in_place = in_place && P.M == 1;
+  std::vector<F> tmp;
+  F* c = out;
+  if (!in_place) {
+    P.batch_fastest = false;
+    tmp.assign(size_t(P.M * s.cout), F(0));
+    c = tmp.data();
+    ldc = s.cout;
+  }
+  if (P.K == 0) {
+    for (int64_t m = 0; m < P.M; ++m) zero(c + m * ldc, s.cout);
+  } else {
+    using TL = Tile<F>;
+    bool done = false;
+    if constexpr (TL::MR_NARROW > 0) {
+      if (P.cog <= Vec<F>::W) {
+        run_tile<F, TL::MR_NARROW, 1>(P, x, f, c, ldc);
+        done = true;
+      }
+    }
+    if (!done) run_tile<F, TL::MR, TL::NV>(P, x, f, c, ldc);
+  }
+  if (!in_place) {
+    // tmp rows are (b, p, q): scatter into out's strides.
+    int64_t m = 0;
+    for (int64_t b = 0; b < s.n; ++b)
+      for (int64_t p = 0; p < s.ho; ++p)
+        for (int64_t q = 0; q < s.wo; ++q, ++m) {
+          T* o = out + b * s.os[0] + p * s.os[1] + q * s.os[2];
+          for (int64_t j = 0; j < s.cout; ++j) o[j * s.os[3]] = tmp[size_t(m * s.cout + j)];
+        }
+  }
+}
+
+template void conv2d_implicit<float>(const ConvGeometry&, const float*, const float*, float*);
+template void conv2d_implicit<double>(const ConvGeometry&, const double*, const double*, double*);
+
+void Conv2d(const Buffer& x, const Buffer& w, Buffer* out, Shape x_shape, Shape x_strides, int64_t x_offset,
+            Shape w_shape, Shape w_strides, int64_t w_offset, Shape out_shape, Shape out_strides, Shape stride,
+            Shape padding, Shape dilation, int64_t groups) {
+  // x is (n, h, w, c), w is (kh, kw, c / groups, cout), out is (n, ho, wo, cout); all strided.
+  const char* fn = "conv2d";
+  const DType dt = check_same_dtype(fn, {x.dtype, w.dtype, out->dtype});
+  check_dtype_in(fn, dt, kFusedMask, "float32 or float64");
+  check_conv2d(fn, x.size, w.size, out->size, x_shape, x_strides, x_offset, w_shape, w_strides, w_offset, out_shape,
+               out_strides, stride, padding, dilation, groups);
+  if (shape_size(out_shape) == 0) return;
+  const ConvGeometry g =
+      conv_geometry(x_shape, x_strides, w_shape, w_strides, out_shape, out_strides, stride, padding, dilation, groups);
+  dispatch<kFusedMask>(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    conv2d_implicit<T>(g, x.data<T>() + x_offset, w.data<T>() + w_offset, out->data<T>());
+  });
+}
+
+}  // namespace cpu
+}  // namespace needle
