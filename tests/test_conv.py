@@ -148,6 +148,32 @@ def test_conv_grad_of_grad_matches_torch(device, algorithm, stride, padding, dil
     np.testing.assert_allclose(Wt.grad.numpy(), tw.grad.permute(2, 3, 1, 0).numpy(), rtol=1e-3, atol=1e-3)
 
 
+
+@pytest.mark.parametrize("device", ND_DEVICES)
+@pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 1, 1, 1), (2, 0, 2, 2), (3, 2, 1, 1)])
+def test_conv_weight_grad_differentiates_again(device, algorithm, stride, padding, dilation, groups):
+    """d/dX and d/dG of <dL/dW, U>: the filter gradient's own adjoints (and, through them, the
+    input gradient's filter adjoint) against torch."""
+    np.random.seed(6)
+    x = np.random.randn(2, 7, 6, 2 * groups).astype(np.float32)
+    w = np.random.randn(3, 3, 2, 2 * groups).astype(np.float32)
+    X, Wt = ndl.Tensor(x, device=device), ndl.Tensor(w, device=device)
+    out = ndl.conv(X, Wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gout = np.random.randn(*out.shape).astype(np.float32)
+    u = np.random.randn(*w.shape).astype(np.float32)
+    G = ndl.Tensor(gout, device=device, requires_grad=True)
+    out.backward(G)
+    (Wt.grad * ndl.Tensor(u, device=device)).sum().backward()  # d/dX, d/dG of <dL/dW, u>
+
+    tx = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    tw = torch.tensor(w).permute(3, 2, 0, 1).requires_grad_()
+    tg = torch.tensor(gout).permute(0, 3, 1, 2).requires_grad_()
+    tout = F.conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    (gw,) = torch.autograd.grad(tout, tw, tg, create_graph=True)
+    (gw * torch.tensor(u).permute(3, 2, 0, 1)).sum().backward()
+    np.testing.assert_allclose(X.grad.numpy(), _nhwc(tx.grad), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(G.grad.numpy(), _nhwc(tg.grad), rtol=1e-3, atol=1e-3)
+
 # ---- pooling -----------------------------------------------------------------
 POOL_GRID = list(itertools.product([2, 3, (3, 2)], [None, 1, 2], [0, 1]))
 

@@ -3,7 +3,8 @@
 The CPU kernel is checked against the numpy twin (the spec: an explicit im2col
 product) on shapes large enough to take every path of the engine: chunks of rows
 shared out to threads, the K-split for few-row products, filters packed in
-several ranges, both packing layouts (channel-unit and batch-unit images), the
+several ranges, every packing layout (images with unit channel, w or batch
+stride, and none), the
 narrow register tile, groups, float64, and outputs the kernel can only reach
 through a scratch copy; with 1 and 2 threads. The Conv op is checked with the
 implicit path against the explicit im2col path on ResNet9's layers (forward
@@ -41,9 +42,10 @@ def threads(request):
 @pytest.mark.parametrize("shape, strides, expected", [
     ((8, 5, 5, 16), (400, 80, 16, 1), (False, NHWC)),  # NHWC activations: as they are
     ((16, 5, 5, 8), (1, 80, 16, 400), (False, BATCH_ROWS)),  # channels and batch swapped (filter gradient)
-    ((8, 5, 5, 3), (75, 5, 1, 25), (True, NHWC)),  # a permuted NCHW batch: compacted first
+    ((8, 5, 5, 3), (75, 5, 1, 25), (False, NHWC)),  # a permuted NCHW batch: read along w
+    ((8, 5, 5, 3), (75, 1, 5, 25), (True, NHWC)),  # no unit stride along c, w or n: compacted first
     ((8, 5, 5, 1), (25, 5, 1, 25), (False, NHWC)),  # one channel: its stride does not matter
-    ((1, 5, 5, 3), (75, 5, 1, 25), (False, BATCH_ROWS)),  # one image: nor does the batch stride
+    ((1, 5, 5, 3), (75, 1, 5, 25), (False, BATCH_ROWS)),  # one image: nor does the batch stride
 ])
 def test_conv_layout(shape, strides, expected):
     assert conv_layout(shape, strides) == expected
@@ -90,6 +92,11 @@ ENGINE_CASES = {
     "filter-gradient-batch-unit": ((32, 4, 4, 128), (3, 1, 2, 0), (4, 4, 128, 32), (1, 1), (1, 1), (1, 1), 1,
                                    BATCH_ROWS),
     "filter-gradient-few-rows": ((3, 32, 32, 64), NHWC, (8, 8, 64, 16), (1, 1), (3, 3), (4, 4), 1, BATCH_ROWS),
+    "nchw-image-strided-conv": ((16, 32, 32, 3), (0, 3, 1, 2), (7, 7, 3, 16), (4, 4), (3, 3), (1, 1), 1, NHWC),
+    "nchw-image-stride-one": ((4, 12, 12, 8), (0, 3, 1, 2), (3, 3, 8, 24), (1, 1), (1, 1), (1, 1), 1, NHWC),
+    "filter-gradient-of-nchw-batch": ((3, 32, 32, 64), (3, 0, 1, 2), (8, 8, 64, 16), (1, 1), (3, 3), (4, 4), 1,
+                                      NHWC),
+    "batch-rows-gathered": ((3, 16, 16, 64), (3, 0, 1, 2), (8, 8, 64, 16), (1, 1), (3, 3), (2, 2), 1, BATCH_ROWS),
     "strided-image-scratch-out": ((4, 9, 8, 12), (0, 3, 1, 2), (2, 3, 12, 24), (2, 1), (1, 1), (1, 1), 1,
                                   (3, 1, 0, 2)),
 }

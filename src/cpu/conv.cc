@@ -1,21 +1,23 @@
 // 2-D convolution as an implicit GEMM (see conv.h).
 //
 // Per group g, C (M x cog) = A (M x K) B (K x cog) with M = n ho wo output
-// pixels, K = kh kw cg taps x channels (channel fastest, the filter's own
-// order) and B the filter. The engine is the GEMM's (gemm_engine.h): B is
-// packed into NR-wide strips per KC-deep slab, and a register-blocked
-// micro-kernel multiplies an MR-row strip of A by each strip of B. Only the
-// packing of A differs from gemm.cc: it reads the image itself, one strip of
-// MR output pixels x one slab at a time, in one of two layouts:
+// pixels, K = kh kw cg taps x channels and B the filter. The engine is the
+// GEMM's (gemm_engine.h): B is packed into NR-wide strips per KC-deep slab,
+// and a register-blocked micro-kernel multiplies an MR-row strip of A by each
+// strip of B. Only the packing of A differs from gemm.cc: it reads the image
+// itself, one strip of MR output pixels x one slab at a time, in the layout
+// whose copies are the longest contiguous runs of the image (plan_layout):
 //   rows  (out rows ordered (n, ho, wo)): each pixel's slab is a row of the
-//         strip, filled by copying contiguous channel runs (for a unit channel
-//         stride; with unit dilation and w stride = c, a whole tap row of the
-//         filter is one run); the micro-kernel reads the rows in place.
-//   cols  (out rows ordered (ho, wo, n)): the strip is stored k-major (MR
-//         values per k), each k a copy of up to MR consecutive images of one
-//         pixel: contiguous when the image's batch stride is 1. This is how
-//         the filter gradient, a convolution of the image with its channel
-//         and batch axes swapped, reads it without a transposed copy.
+//         strip, which the micro-kernel reads in place. With depth in the
+//         filter's order (i, k, ch) the runs are channels (NHWC images; with
+//         unit dilation a whole tap row is one run); with depth (ch, i, k)
+//         they are filter rows along w (NCHW batches read as NHWC views).
+//   cols  the strip is stored k-major (MR values per k), each k a copy of
+//         runs of rows that differ in one output coordinate: consecutive
+//         images of one pixel (out rows ordered (ho, wo, n), contiguous for a
+//         unit batch stride: the filter gradient is a convolution of the
+//         image with its channel and batch axes swapped, read so without a
+//         transposed copy), or neighbouring pixels along w.
 // Taps outside the image are written as zeros, so the kernel never branches.
 //
 // Threads: rows are cut into chunks of whole strips that the pool claims
@@ -53,30 +55,97 @@ constexpr int64_t kMinChunkStrips = 4;
 // Split-K keeps a partial C per task: only for outputs up to this size.
 constexpr int64_t kMaxPartialElems = int64_t(1) << 22;
 
-inline int64_t floor_div(int64_t a, int64_t d) { return a >= 0 ? a / d : -((-a + d - 1) / d); }
+// floor(a / d) and ceil(a / d) for d > 0 and any a (d is usually 1: no division then).
+inline int64_t floor_div(int64_t a, int64_t d) {
+  if (d == 1) return a;
+  return a >= 0 ? a / d : -((-a + d - 1) / d);
+}
 inline int64_t ceil_div(int64_t a, int64_t d) { return -floor_div(-a, d); }
 
+// Packing writes runs of a few elements (channels, filter taps) in
+// increasing address order into scratch buffers with kSpill elements of
+// slack at the end. So a run is stored as whole vectors: its last store may
+// spill up to a vector past the run, over elements that a later store of the
+// same thread writes again (masked stores are slow on some AVX-512 cores;
+// masked loads are not, and read nothing outside the run).
+constexpr int64_t kSpill = 16;
+
+#if defined(__AVX512F__)
+template <typename F> struct Masked;
+template <> struct Masked<float> {
+  static constexpr int W = 16;
+  static __m512 load(const float* s, int64_t n) { return _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), s); }
+};
+template <> struct Masked<double> {
+  static constexpr int W = 8;
+  static __m512d load(const double* s, int64_t n) { return _mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), s); }
+};
+#endif
+
+// p[0..n) = 0 (spilling).
 template <typename F>
 inline void zero(F* p, int64_t n) {
-  if (n > 0) std::memset(static_cast<void*>(p), 0, size_t(n) * sizeof(F));
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<F, float>) {
+    if (n <= 8) {
+      if (n > 0) _mm256_storeu_ps(p, _mm256_setzero_ps());
+      return;
+    }
+  }
+  for (int64_t t = 0; t < n; t += Masked<F>::W) Vec<F>::storeu(p + t, Vec<F>::zero());
+#else
+  for (int64_t t = 0; t < n; ++t) p[t] = F(0);
+#endif
 }
 
-// dst[t] = src[t * stride], t < n.
+// dst[t] = src[t * stride], t < n (spilling for stride 1).
 template <typename F>
 inline void copy_run(F* __restrict dst, const F* __restrict src, int64_t n, int64_t stride) {
   if (stride == 1) {
-    std::memcpy(dst, src, size_t(n) * sizeof(F));
+#if defined(__AVX512F__)
+    constexpr int W = Masked<F>::W;
+    if constexpr (std::is_same_v<F, float>) {
+      if (n <= 8) {  // a half register: fewer cache lines touched by the store
+        _mm256_storeu_ps(dst, _mm256_maskz_loadu_ps(__mmask8((1u << n) - 1), src));
+        return;
+      }
+    }
+    for (; n >= W; n -= W, dst += W, src += W) Vec<F>::storeu(dst, Vec<F>::loadu(src));
+    if (n > 0) Vec<F>::storeu(dst, Masked<F>::load(src, n));
+#else
+    if (n > 0) std::memcpy(dst, src, size_t(n) * sizeof(F));
+#endif
   } else {
     for (int64_t t = 0; t < n; ++t) dst[t] = src[t * stride];
   }
 }
 
-// The GEMM of one group and the order of its rows.
+// How a strip of A is packed, chosen from the image's strides (see plan_layout).
+enum class Layout {
+  kRowsTaps,   // rows layout, depth (i, k, ch): runs along the channels (unit channel stride)
+  kRowsWidth,  // rows layout, depth (ch, i, k): runs along a filter row (unit step along w)
+  kColsWidth,  // cols layout, rows (b, p, q): runs of neighbouring output pixels (unit step along w)
+  kColsBatch,  // cols layout, rows (p, q, b): runs of consecutive images (unit batch stride)
+};
+
+// The GEMM of one group: its sizes, the order of its rows and how A is packed.
 struct Plan {
   const ConvGeometry* s;
   int64_t M, K, cog;
   bool batch_fastest;  // row m is (p, q, b) with b fastest; else (b, p, q) with q fastest
+  Layout layout;
+  bool width_depth() const { return layout == Layout::kRowsWidth; }  // depth order (ch, i, k)
+  bool rows_layout() const { return layout == Layout::kRowsTaps || layout == Layout::kRowsWidth; }
 };
+
+// The packing with the longest contiguous runs for this image.
+Layout plan_layout(const ConvGeometry& s, bool batch_fastest) {
+  if (batch_fastest) return Layout::kColsBatch;
+  if (s.xs[3] == 1 || s.cg == 1) return Layout::kRowsTaps;
+  if (s.sw * s.xs[2] == 1 && s.wo > 1) return Layout::kColsWidth;
+  if (s.dw * s.xs[2] == 1 && s.kw > 1) return Layout::kRowsWidth;
+  return Layout::kRowsTaps;  // gathers: correct for any strides
+}
 
 // True when rows ordered by axes (slowest first) of sizes `size` at strides
 // `stride` sit at a uniform stride (*step) from the first one.
@@ -100,16 +169,49 @@ bool rows_uniform(const int64_t size[3], const int64_t stride[3], int64_t* step)
 // ---------------------------------------------------------------------------
 // Packing A from the image
 // ---------------------------------------------------------------------------
-// Rows layout: a[r * kc + t] = A[m0 + r][k0 + t] for r < mr, zero rows up to MR.
-// Rows are output pixels (b, p, q), q fastest.
+// One row of pack_rows_taps for a pixel near the border (or a slab that cuts tap rows).
 template <typename F>
-void pack_rows(const ConvGeometry& s, const F* x, int64_t g, int64_t m0, int64_t mr, int MR, int64_t k0,
-               int64_t kc, F* __restrict a) {
+void pack_row_taps_edge(const ConvGeometry& s, const F* xb, F* row, int64_t k0, int64_t kc, int64_t h0, int64_t w0,
+                        int64_t klo, int64_t khi, bool adjacent) {
+  const int64_t tapw = s.kw * s.cg;
+  const int64_t k1 = k0 + kc, ia = k0 / tapw, ib = (k1 - 1) / tapw;
+  for (int64_t i = ia; i <= ib; ++i) {
+    const int64_t row0 = i * tapw;  // k of tap (i, 0), channel 0
+    const int64_t ka = std::max(k0, row0), kb = std::min(k1, row0 + tapw);
+    const int64_t h = h0 + i * s.dh;
+    const int64_t va = std::max(ka, row0 + klo * s.cg), vb = std::min(kb, row0 + khi * s.cg);
+    if (h < 0 || h >= s.h || va >= vb) {
+      zero(row + (ka - k0), kb - ka);
+      continue;
+    }
+    zero(row + (ka - k0), va - ka);
+    const F* xh = xb + h * s.xs[1];
+    if (adjacent) {
+      copy_run(row + (va - k0), xh + w0 * s.xs[2] + (va - row0), vb - va, int64_t(1));
+    } else {
+      int64_t tap = (va - row0) / s.cg, ch = (va - row0) - tap * s.cg;
+      for (int64_t k = va; k < vb; ++tap, ch = 0) {
+        const int64_t len = std::min(vb - k, s.cg - ch);
+        copy_run(row + (k - k0), xh + (w0 + tap * s.dw) * s.xs[2] + ch * s.xs[3], len, s.xs[3]);
+        k += len;
+      }
+    }
+    zero(row + (vb - k0), kb - vb);
+  }
+}
+
+// Rows layout: a[r * kc + t] = A[m0 + r][k0 + t] for r < mr, zero rows up to MR.
+// Rows are output pixels (b, p, q), q fastest. Depth in the filter's order
+// (i, k, ch): a tap row i is kw runs of cg channels, or one run when tap
+// (i, k + 1) starts where tap (i, k) ends (unit dilation, w stride = cg).
+template <typename F>
+void pack_rows_taps(const ConvGeometry& s, const F* x, int64_t g, int64_t m0, int64_t mr, int MR, int64_t k0,
+                    int64_t kc, F* __restrict a) {
   const int64_t tapw = s.kw * s.cg;  // depth of one row of filter taps
   const bool unit_c = s.xs[3] == 1;
-  // Tap (i, k + 1) starts where tap (i, k) ends: a tap row is one run.
   const bool adjacent = unit_c && s.dw * s.xs[2] == s.cg;
   const int64_t k1 = k0 + kc, ia = k0 / tapw, ib = (k1 - 1) / tapw;
+  const bool whole_rows = k0 % tapw == 0 && k1 % tapw == 0;  // the slab is whole tap rows
   int64_t b = m0 / (s.ho * s.wo), p = (m0 / s.wo) % s.ho, q = m0 % s.wo;
   for (int64_t r = 0; r < mr; ++r) {
     F* row = a + r * kc;  // row[k - k0] for k in [k0, k1)
@@ -118,28 +220,20 @@ void pack_rows(const ConvGeometry& s, const F* x, int64_t g, int64_t m0, int64_t
     // Taps k with 0 <= w0 + k dw < w: [klo, khi).
     const int64_t klo = std::max<int64_t>(0, ceil_div(-w0, s.dw));
     const int64_t khi = std::min<int64_t>(s.kw, ceil_div(s.w - w0, s.dw));
-    for (int64_t i = ia; i <= ib; ++i) {
-      const int64_t row0 = i * tapw;  // k of tap (i, 0), channel 0
-      const int64_t ka = std::max(k0, row0), kb = std::min(k1, row0 + tapw);
-      const int64_t h = h0 + i * s.dh;
-      const int64_t va = std::max(ka, row0 + klo * s.cg), vb = std::min(kb, row0 + khi * s.cg);
-      if (h < 0 || h >= s.h || va >= vb) {
-        zero(row + (ka - k0), kb - ka);
-        continue;
+    if (whole_rows && unit_c && klo == 0 && khi == s.kw && h0 + ia * s.dh >= 0 && h0 + ib * s.dh < s.h) {
+      // A pixel away from the border: every tap reads the image, no zeros.
+      const F* xw = xb + h0 * s.xs[1] + w0 * s.xs[2];
+      for (int64_t i = ia; i <= ib; ++i) {
+        F* dst = row + (i * tapw - k0);
+        const F* src = xw + i * s.dh * s.xs[1];
+        if (adjacent) {
+          copy_run(dst, src, tapw, int64_t(1));
+        } else {
+          for (int64_t k = 0; k < s.kw; ++k) copy_run(dst + k * s.cg, src + k * s.dw * s.xs[2], s.cg, int64_t(1));
+        }
       }
-      zero(row + (ka - k0), va - ka);
-      zero(row + (vb - k0), kb - vb);
-      const F* xh = xb + h * s.xs[1];
-      if (adjacent) {
-        std::memcpy(row + (va - k0), xh + w0 * s.xs[2] + (va - row0), size_t(vb - va) * sizeof(F));
-        continue;
-      }
-      for (int64_t k = va; k < vb;) {
-        const int64_t tap = (k - row0) / s.cg, ch = (k - row0) % s.cg;
-        const int64_t len = std::min(vb - k, s.cg - ch);
-        copy_run(row + (k - k0), xh + (w0 + tap * s.dw) * s.xs[2] + ch * s.xs[3], len, s.xs[3]);
-        k += len;
-      }
+    } else {
+      pack_row_taps_edge(s, xb, row, k0, kc, h0, w0, klo, khi, adjacent);
     }
     if (++q == s.wo) {
       q = 0;
@@ -152,57 +246,179 @@ void pack_rows(const ConvGeometry& s, const F* x, int64_t g, int64_t m0, int64_t
   zero(a + mr * kc, (MR - mr) * kc);
 }
 
-// Cols layout: a[t * MR + r] = A[m0 + r][k0 + t]. Rows are (p, q, b), b
-// fastest: a strip is a few runs of consecutive images of one output pixel.
+
+// Rows layout with depth in the order (ch, i, k): each (ch, i) is one run
+// along a filter row, contiguous for an image with unit w stride (an NCHW
+// batch read through its NHWC view) and unit kernel dilation.
+template <typename F>
+void pack_rows_width(const ConvGeometry& s, const F* x, int64_t g, int64_t m0, int64_t mr, int MR, int64_t k0,
+                     int64_t kc, F* __restrict a) {
+  const int64_t k1 = k0 + kc, ua = k0 / s.kw, ub = (k1 - 1) / s.kw, jstep = s.dw * s.xs[2];
+  const bool whole_units = k0 % s.kw == 0 && k1 % s.kw == 0;
+  int64_t b = m0 / (s.ho * s.wo), p = (m0 / s.wo) % s.ho, q = m0 % s.wo;
+  for (int64_t r = 0; r < mr; ++r) {
+    F* row = a + r * kc;
+    const F* xb = x + b * s.xs[0] + g * s.cg * s.xs[3];
+    const int64_t h0 = p * s.sh - s.pt, w0 = q * s.sw - s.pl;
+    const int64_t klo = std::max<int64_t>(0, ceil_div(-w0, s.dw));
+    const int64_t khi = std::min<int64_t>(s.kw, ceil_div(s.w - w0, s.dw));
+    int64_t ch = ua / s.kh, i = ua - ch * s.kh - 1;
+    if (whole_units && klo == 0 && khi == s.kw && h0 >= 0 && h0 + (s.kh - 1) * s.dh < s.h) {
+      // Away from the border: kw taps of every (ch, i) read the image.
+      const F* xw = xb + h0 * s.xs[1] + w0 * s.xs[2];
+      for (int64_t u = ua; u <= ub; ++u) {
+        if (++i == s.kh) {
+          i = 0;
+          ++ch;
+        }
+        copy_run(row + (u * s.kw - k0), xw + ch * s.xs[3] + i * s.dh * s.xs[1], s.kw, jstep);
+      }
+    } else {
+    for (int64_t u = ua; u <= ub; ++u) {  // u = (ch, i)
+      if (++i == s.kh) {
+        i = 0;
+        ++ch;
+      }
+      const int64_t u0 = u * s.kw;
+      const int64_t ka = std::max(k0, u0), kb = std::min(k1, u0 + s.kw);
+      const int64_t h = h0 + i * s.dh;
+      const int64_t va = std::max(ka, u0 + klo), vb = std::min(kb, u0 + khi);
+      if (h < 0 || h >= s.h || va >= vb) {
+        zero(row + (ka - k0), kb - ka);
+        continue;
+      }
+      zero(row + (ka - k0), va - ka);
+      copy_run(row + (va - k0), xb + ch * s.xs[3] + h * s.xs[1] + (w0 + (va - u0) * s.dw) * s.xs[2], vb - va, jstep);
+      zero(row + (vb - k0), kb - vb);
+    }
+    }
+    if (++q == s.wo) {
+      q = 0;
+      if (++p == s.ho) {
+        p = 0;
+        ++b;
+      }
+    }
+  }
+  zero(a + mr * kc, (MR - mr) * kc);
+}
+
+// Cols layout: a[t * MR + r] = A[m0 + r][k0 + t], depth (i, k, ch). A strip
+// is a few runs of rows that differ in one output coordinate only: runs of
+// consecutive images of one pixel (rows (p, q, b), contiguous for a unit
+// batch stride: how the filter gradient reads its image), or runs of
+// neighbouring pixels of one output row (rows (b, p, q), contiguous when the
+// conv's stride along w is one image column).
 template <typename F, int MR>
-void pack_cols(const ConvGeometry& s, const F* x, int64_t g, int64_t m0, int64_t mr, int64_t k0, int64_t kc,
+void pack_cols(const Plan& P, const F* x, int64_t g, int64_t m0, int64_t mr, int64_t k0, int64_t kc,
                F* __restrict a) {
+  const ConvGeometry& s = *P.s;
+  // Row t of a run reads image pixel (h0 + i dh, w0 + t wstep + k dw) at base + t rstep.
   struct Run {
     int64_t r0, len, h0, w0;
     const F* base;
   };
   Run runs[MR];
   int nruns = 0;
-  {
+  const int64_t wstep = P.batch_fastest ? 0 : s.sw;
+  const int64_t rstep = P.batch_fastest ? s.xs[0] : s.sw * s.xs[2];
+  const F* xg = x + g * s.cg * s.xs[3];
+  if (P.batch_fastest) {
     int64_t b = m0 % s.n, pq = m0 / s.n;
-    for (int64_t r = 0; r < mr;) {
+    for (int64_t r = 0; r < mr; ++pq, b = 0) {
       const int64_t len = std::min(mr - r, s.n - b);
-      const int64_t p = pq / s.wo, q = pq % s.wo;
-      runs[nruns++] = {r, len, p * s.sh - s.pt, q * s.sw - s.pl, x + b * s.xs[0] + g * s.cg * s.xs[3]};
+      runs[nruns++] = {r, len, (pq / s.wo) * s.sh - s.pt, (pq % s.wo) * s.sw - s.pl, xg + b * s.xs[0]};
       r += len;
-      b = 0;
-      ++pq;
+    }
+  } else {
+    int64_t q = m0 % s.wo, bp = m0 / s.wo;
+    for (int64_t r = 0; r < mr; ++bp, q = 0) {
+      const int64_t len = std::min(mr - r, s.wo - q);
+      runs[nruns++] = {r, len, (bp % s.ho) * s.sh - s.pt, q * s.sw - s.pl, xg + (bp / s.ho) * s.xs[0]};
+      r += len;
     }
   }
-  const int64_t bs = s.xs[0], cs = s.xs[3];
-  const bool whole = nruns == 1 && mr == MR && bs == 1;
+  const int64_t cs = s.xs[3];
+  const bool whole = nruns == 1 && mr == MR && rstep == 1;
   int64_t i = k0 / (s.kw * s.cg), k = (k0 / s.cg) % s.kw, ch = k0 % s.cg;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<F, float> && MR <= 16) {
+    if (rstep == 1) {
+      // Each k of the strip is one register: a masked load per run puts its valid rows
+      // in their lanes (masked-off lanes read nothing), zeros elsewhere.
+      __mmask16 mask[MR];
+      const float* src[MR];
+      for (int64_t t = 0; t < kc;) {
+        const int64_t nch = std::min(s.cg - ch, kc - t);
+        int nu = 0;
+        for (int u = 0; u < nruns; ++u) {
+          const Run& run = runs[u];
+          const int64_t h = run.h0 + i * s.dh, w = run.w0 + k * s.dw;
+          if (h < 0 || h >= s.h) continue;
+          int64_t ta = 0, tb = run.len;
+          if (wstep == 0) {
+            if (w < 0 || w >= s.w) continue;
+          } else {
+            ta = std::max<int64_t>(0, ceil_div(-w, wstep));
+            tb = std::min<int64_t>(run.len, ceil_div(s.w - w, wstep));
+          }
+          if (ta >= tb) continue;
+          mask[nu] = __mmask16(((1u << (tb - ta)) - 1) << (run.r0 + ta));
+          // Lane r0 + ta + t reads row ta + t of the run.
+          src[nu++] = run.base + h * s.xs[1] + (w + ta * wstep) * s.xs[2] + ch * cs - (run.r0 + ta);
+        }
+        float* o = a + t * MR;
+        for (int64_t c = 0; c < nch; ++c) {
+          __m512 v = _mm512_setzero_ps();
+          for (int u = 0; u < nu; ++u) v = _mm512_mask_loadu_ps(v, mask[u], src[u] + c * cs);
+          _mm512_storeu_ps(o + c * MR, v);  // lanes MR.. spill into the next k
+        }
+        t += nch;
+        ch = 0;
+        if (++k == s.kw) {
+          k = 0;
+          ++i;
+        }
+      }
+      return;
+    }
+  }
+#endif
+  // Per tap, each run's rows [ta, tb) read inside the image at src (channel ch).
+  int64_t ta[MR], tb[MR];
+  const F* src[MR];
   for (int64_t t = 0; t < kc;) {
     // One tap (i, k): channels ch.. of this slab.
     const int64_t nch = std::min(s.cg - ch, kc - t);
-    F* o = a + t * MR;
-    if (whole) {
-      const Run& u = runs[0];
-      const int64_t h = u.h0 + i * s.dh, w = u.w0 + k * s.dw;
-      if (h >= 0 && h < s.h && w >= 0 && w < s.w) {
-        const F* src = u.base + h * s.xs[1] + w * s.xs[2] + ch * cs;
-        for (int64_t c = 0; c < nch; ++c) std::memcpy(o + c * MR, src + c * cs, MR * sizeof(F));
-      } else {
-        zero(o, nch * MR);
-      }
-    } else {
-      for (int u = 0; u < nruns; ++u) {
-        const Run& run = runs[u];
-        const int64_t h = run.h0 + i * s.dh, w = run.w0 + k * s.dw;
-        if (h >= 0 && h < s.h && w >= 0 && w < s.w) {
-          const F* src = run.base + h * s.xs[1] + w * s.xs[2] + ch * cs;
-          for (int64_t c = 0; c < nch; ++c) copy_run(o + c * MR + run.r0, src + c * cs, run.len, bs);
+    for (int u = 0; u < nruns; ++u) {
+      const Run& run = runs[u];
+      const int64_t h = run.h0 + i * s.dh, w = run.w0 + k * s.dw;
+      ta[u] = tb[u] = 0;
+      if (h >= 0 && h < s.h) {
+        if (wstep == 0) {
+          tb[u] = w >= 0 && w < s.w ? run.len : 0;
         } else {
-          for (int64_t c = 0; c < nch; ++c) zero(o + c * MR + run.r0, run.len);
+          ta[u] = std::max<int64_t>(0, ceil_div(-w, wstep));
+          tb[u] = std::min<int64_t>(run.len, ceil_div(s.w - w, wstep));
         }
       }
-      if (mr < MR)
-        for (int64_t c = 0; c < nch; ++c) zero(o + c * MR + mr, MR - mr);
+      tb[u] = std::max(ta[u], tb[u]);
+      src[u] = run.base + h * s.xs[1] + (w + ta[u] * wstep) * s.xs[2] + ch * cs;
+    }
+    // k by k, runs in row order: every store lands after the ones before it.
+    for (int64_t c = 0; c < nch; ++c) {
+      F* o = a + (t + c) * MR;
+      if (whole && ta[0] == 0 && tb[0] == MR) {
+        std::memcpy(o, src[0] + c * cs, MR * sizeof(F));
+        continue;
+      }
+      for (int u = 0; u < nruns; ++u) {
+        F* dst = o + runs[u].r0;
+        zero(dst, ta[u]);
+        copy_run(dst + ta[u], src[u] + c * cs, tb[u] - ta[u], rstep);
+        zero(dst + tb[u], runs[u].len - tb[u]);
+      }
+      zero(o + mr, MR - mr);
     }
     t += nch;
     ch = 0;
@@ -214,25 +430,37 @@ void pack_cols(const ConvGeometry& s, const F* x, int64_t g, int64_t m0, int64_t
 }
 
 // ---------------------------------------------------------------------------
-// Packing B from the filter: B[k][j] = f[i, kk, ch, g cog + j] for k in
-// [k0, k0 + kc), j < cog, as NR-wide strips (kc x NR each, zero-padded).
+// Packing B from the filter: B[d][j] = f[i, k, ch, g cog + j] for depth d in
+// [k0, k0 + kc) (in the plan's depth order), j < cog, as NR-wide strips
+// (kc x NR each, zero-padded).
 // ---------------------------------------------------------------------------
 template <typename F, int NR>
-void pack_filter(const ConvGeometry& s, const F* f, int64_t g, int64_t cog, int64_t k0, int64_t kc, F* __restrict out) {
+void pack_filter(const Plan& P, const F* f, int64_t g, int64_t k0, int64_t kc, F* __restrict out) {
+  const ConvGeometry& s = *P.s;
+  const int64_t cog = P.cog;
+  // Depth d walks its three coordinates fastest first: (ch, k, i), or (k, i, ch) for width depth.
+  int64_t n0, n1, st0, st1, st2, c0, c1, c2;
+  if (P.width_depth()) {
+    n0 = s.kw, n1 = s.kh, st0 = s.fs[1], st1 = s.fs[0], st2 = s.fs[2];
+    c0 = k0 % s.kw, c1 = (k0 / s.kw) % s.kh, c2 = k0 / (s.kw * s.kh);
+  } else {
+    n0 = s.cg, n1 = s.kw, st0 = s.fs[2], st1 = s.fs[1], st2 = s.fs[0];
+    c0 = k0 % s.cg, c1 = (k0 / s.cg) % s.kw, c2 = k0 / (s.cg * s.kw);
+  }
   for (int64_t j0 = 0; j0 < cog; j0 += NR) {
     const int64_t nr = std::min<int64_t>(NR, cog - j0);
     F* o = out + j0 * kc;
     const F* fj = f + (g * cog + j0) * s.fs[3];
-    int64_t i = k0 / (s.kw * s.cg), k = (k0 / s.cg) % s.kw, ch = k0 % s.cg;
+    int64_t d0 = c0, d1 = c1, d2 = c2;
     for (int64_t t = 0; t < kc; ++t) {
       F* d = o + t * NR;
-      copy_run(d, fj + i * s.fs[0] + k * s.fs[1] + ch * s.fs[2], nr, s.fs[3]);
+      copy_run(d, fj + d0 * st0 + d1 * st1 + d2 * st2, nr, s.fs[3]);
       zero(d + nr, NR - nr);
-      if (++ch == s.cg) {
-        ch = 0;
-        if (++k == s.kw) {
-          k = 0;
-          ++i;
+      if (++d0 == n0) {
+        d0 = 0;
+        if (++d1 == n1) {
+          d1 = 0;
+          ++d2;
         }
       }
     }
@@ -250,14 +478,15 @@ struct Engine {
   // k0 whose B strips are packed at bp (strip j at bp + j * kc).
   static void rows(const Plan& P, const F* x, int64_t g, int64_t m0, int64_t m1, int64_t k0, int64_t kc,
                    const F* bp, F* c, int64_t ldc, bool accumulate) {
-    F* abuf = scratch<F>(kConvA, int64_t(MR) * kc);
-    const int64_t ars = P.batch_fastest ? 1 : kc, acs = P.batch_fastest ? MR : 1;
+    F* abuf = scratch<F>(kConvA, int64_t(MR) * kc + kSpill);
+    const bool rl = P.rows_layout();
+    const int64_t ars = rl ? kc : 1, acs = rl ? 1 : MR;
     for (int64_t ir = m0; ir < m1; ir += MR) {
       const int64_t mr = std::min<int64_t>(MR, m1 - ir);
-      if (P.batch_fastest) {
-        pack_cols<F, MR>(*P.s, x, g, ir, mr, k0, kc, abuf);
-      } else {
-        pack_rows<F>(*P.s, x, g, ir, mr, MR, k0, kc, abuf);
+      switch (P.layout) {
+        case Layout::kRowsTaps: pack_rows_taps<F>(*P.s, x, g, ir, mr, MR, k0, kc, abuf); break;
+        case Layout::kRowsWidth: pack_rows_width<F>(*P.s, x, g, ir, mr, MR, k0, kc, abuf); break;
+        default: pack_cols<F, MR>(P, x, g, ir, mr, k0, kc, abuf); break;
       }
       for (int64_t jr = 0; jr < P.cog; jr += NR) {
         const int64_t nr = std::min<int64_t>(NR, P.cog - jr);
@@ -294,7 +523,7 @@ struct Engine {
       cm = std::min<int64_t>(cm, Blocking<F>::MC_STRIPS);
     }
     const int64_t mchunks = (mstrips + cm - 1) / cm;
-    const int64_t slab_elems = ks * npad;
+    const int64_t slab_elems = ks * npad + kSpill;  // slack: packing tasks may spill
     const int64_t per_range = std::max<int64_t>(1, kSharedFilterBytes / int64_t(sizeof(F)) / (G * slab_elems));
     for (int64_t p0 = 0; p0 < nslabs; p0 += per_range) {
       const int64_t np = std::min(per_range, nslabs - p0);
@@ -302,7 +531,7 @@ struct Engine {
       F* bshared = scratch<F>(kConvB, G * np * slab_elems);
       auto pack = [&](int64_t t) {
         const int64_t g = t / np, p = p0 + t % np, k0 = p * ks;
-        pack_filter<F, NR>(s, f, g, cog, k0, std::min(ks, K - k0), bshared + t * slab_elems);
+        pack_filter<F, NR>(P, f, g, k0, std::min(ks, K - k0), bshared + t * slab_elems);
       };
       if (nt > 1 && G * np * slab_elems * int64_t(sizeof(F)) > kSerialPackBytes) {
         parallel_for(G * np, pack, nt);
@@ -338,10 +567,10 @@ struct Engine {
       const int64_t r = t / G, g = t % G;
       const int64_t pa = r * nslabs / kt, pb = (r + 1) * nslabs / kt;
       F* cp = partials.get() + t * part;
-      F* bp = scratch<F>(kConvB, ks * npad);
+      F* bp = scratch<F>(kConvB, ks * npad + kSpill);
       for (int64_t p = pa; p < pb; ++p) {
         const int64_t k0 = p * ks, kc = std::min(ks, K - k0);
-        pack_filter<F, NR>(s, f, g, cog, k0, kc, bp);
+        pack_filter<F, NR>(P, f, g, k0, kc, bp);
         for (int64_t m0 = 0; m0 < M; m0 += mc) rows(P, x, g, m0, std::min(M, m0 + mc), k0, kc, bp, cp, cog, p > pa);
       }
     }, nt);
@@ -374,7 +603,8 @@ void conv2d_implicit(const ConvGeometry& s, const T* x, const T* f, T* out) {
   using namespace conv_detail;
   using F = T;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "conv2d_implicit: float or double");
-  conv_detail::Plan P{&s, s.n * s.ho * s.wo, s.kh * s.kw * s.cg, s.groups ? s.cout / s.groups : 0, false};
+  conv_detail::Plan P{&s, s.n * s.ho * s.wo, s.kh * s.kw * s.cg, s.groups ? s.cout / s.groups : 0, false,
+                      Layout::kRowsTaps};
   if (P.M == 0 || s.cout == 0) return;
   // Where out's rows go: evenly strided in (n, ho, wo) or in (ho, wo, n) order,
   // else through a compact scratch C.
@@ -395,8 +625,9 @@ void conv2d_implicit(const ConvGeometry& s, const T* x, const T* f, T* out) {
     c = tmp.data();
     ldc = s.cout;
   }
+  P.layout = plan_layout(s, P.batch_fastest);
   if (P.K == 0) {
-    for (int64_t m = 0; m < P.M; ++m) zero(c + m * ldc, s.cout);
+    for (int64_t m = 0; m < P.M; ++m) std::fill(c + m * ldc, c + m * ldc + s.cout, F(0));
   } else {
     using TL = Tile<F>;
     bool done = false;

@@ -1,12 +1,14 @@
 """2-D convolution (im2col + matmul, implicit or explicit) and pooling (strided views + reductions). NHWC."""
+import functools
 import os
+from typing import NamedTuple
 
 import numpy
 
 from ..autograd import TensorOp
 from . import array_backend as B
-from .ops_indexing import get_item, pad
-from .ops_mathematic import amax, dilate, flip, permute, reshape, summation
+from .ops_indexing import pad
+from .ops_mathematic import Dilate, amax, summation
 
 
 # How Conv computes: "implicit" is the backend's conv2d (on the CPU an implicit GEMM whose packing
@@ -133,7 +135,207 @@ def _dx_axis(n, n_out, k, s, d, p):
     return L, lp, L * s - k - lp, (lo, A + L - 1 - lo - n_out)
 
 
-class Conv(TensorOp):
+class _ConvArgs(NamedTuple):
+    """The options of one convolution, validated once (_conv_args) and shared by Conv and its
+    adjoints; hashable, so the shape arithmetic below is cached per layer."""
+
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+
+def _conv_args(stride=1, padding=0, dilation=1, groups=1):
+    a = _ConvArgs(_pair(stride, "conv stride"), _padding(padding), _pair(dilation, "conv dilation"), int(groups))
+    if min(a.stride) < 1 or min(a.dilation) < 1 or a.groups < 1:
+        raise ValueError(f"conv: stride {a.stride}, dilation {a.dilation} and groups {a.groups} must be >= 1")
+    return a
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_conv(x_shape, w_shape, a):
+    """ValueError naming the shapes unless X (N, H, W, C) and W (kh, kw, C/groups, Cout) fit."""
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise ValueError(f"conv: X must be NHWC and W (kh, kw, C_in/groups, C_out), got {x_shape} and {w_shape}")
+    g, C, Cout = a.groups, x_shape[3], w_shape[3]
+    if C != w_shape[2] * g or Cout % g:
+        raise ValueError(
+            f"conv: X {tuple(x_shape)} and W {tuple(w_shape)} with groups={g}: need C_in = W.shape[2] * groups "
+            f"and C_out divisible by groups"
+        )
+    (pt, pb), (pl, pr) = a.padding
+    Ho = _out_size(x_shape[1] + pt + pb, w_shape[0], a.stride[0], a.dilation[0])
+    Wo = _out_size(x_shape[2] + pl + pr, w_shape[1], a.stride[1], a.dilation[1])
+    if Ho < 1 or Wo < 1:
+        raise ValueError(
+            f"conv: kernel {tuple(w_shape[:2])} with dilation {a.dilation} does not fit in X {tuple(x_shape)} "
+            f"padded by {a.padding}"
+        )
+    return Ho, Wo
+
+
+@functools.lru_cache(maxsize=1024)
+def _live_block(H, Wd, kh, kw, Ho, Wo, a):
+    """The live part of a conv of an (H, Wd) image with a (kh, kw) kernel and (Ho, Wo) outputs:
+    ((ka, kb), (la, lb)) live taps, ((oa, ob), (qa, qb)) live outputs and the padding
+    ((top, bottom), (left, right)) under which the live taps make exactly the live outputs;
+    None when every tap reads padding only."""
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    (pt, _), (pl, _) = a.padding
+    live_h, live_w = _live(H, kh, sh, dh, pt, Ho), _live(Wd, kw, sw, dw, pl, Wo)
+    if live_h is None or live_w is None:
+        return None
+    (ka, kb, oa, ob), (la, lb, qa, qb) = live_h, live_w
+    top, left = pt - ka * dh - oa * sh, pl - la * dw - qa * sw
+    bottom = dh * (kb - ka) + 1 + sh * (ob - oa) - H - top
+    right = dw * (lb - la) + 1 + sw * (qb - qa) - Wd - left
+    return ((ka, kb), (la, lb)), ((oa, ob), (qa, qb)), ((top, bottom), (left, right))
+
+
+def _with_padding(a, padding, stride=None, dilation=None):
+    """``a`` with other padding (and optionally stride and dilation)."""
+    return _ConvArgs(a.stride if stride is None else stride, padding, a.dilation if dilation is None else dilation,
+                     a.groups)
+
+
+def _conv_forward(X, W, a):
+    """The convolution of arrays: NHWC X (N, H, W, C) with W (kh, kw, C/groups, Cout) -> (N, Ho, Wo, Cout),
+    computed on its live block only."""
+    Ho, Wo = _check_conv(tuple(X.shape), tuple(W.shape), a)
+    N, H, Wd, _ = X.shape
+    kh, kw, _, Cout = W.shape
+    block = _live_block(H, Wd, kh, kw, Ho, Wo, a)
+    if block is None:  # every tap reads padding only
+        return B.full((N, Ho, Wo, Cout), 0.0, X)
+    ((ka, kb), (la, lb)), ((oa, ob), (qa, qb)), pads = block
+    if (ka, kb, la, lb) != (0, kh - 1, 0, kw - 1):
+        W = W[ka : kb + 1, la : lb + 1]
+    out = _conv_live(X, W, _with_padding(a, pads))
+    if (oa, ob, qa, qb) != (0, Ho - 1, 0, Wo - 1):
+        out = B.pad(out, ((0, 0), (oa, Ho - 1 - ob), (qa, Wo - 1 - qb), (0, 0)))
+    return out
+
+
+def _conv_live(X, W, a):
+    """im2col + matmul: implicit (the backend's conv2d) or explicit (the strided im2col view)."""
+    if _use_implicit(X):
+        return X.conv2d(W, a.stride, a.padding, a.dilation, a.groups)
+    kh, kw, Cg, Cout = W.shape
+    g = a.groups
+    X = _pad_or_crop(X, a.padding)
+    view = _windows(X, (kh, kw), a.stride, a.dilation, group_split=g)
+    N, Ho, Wo = view.shape[:3]
+    M, K = N * Ho * Wo, kh * kw * Cg
+    if g == 1:
+        out = B.compact(view).reshape((M, K)) @ B.compact(W).reshape((K, Cout))
+        return out.reshape((N, Ho, Wo, Cout))
+    cols = B.compact(B.permute(view, (5, 0, 1, 2, 3, 4, 6))).reshape((g, M, K))
+    w = B.compact(B.permute(B.compact(W).reshape((kh, kw, Cg, g, Cout // g)), (3, 0, 1, 2, 4)))
+    out = cols @ w.reshape((g, K, Cout // g))  # (g, M, Cout/g)
+    out = B.compact(B.permute(out.reshape((g, N, Ho, Wo, Cout // g)), (1, 2, 3, 0, 4)))
+    return out.reshape((N, Ho, Wo, Cout))
+
+
+def _conv_input_grad(G, W, x_shape, a):
+    """dX (x_shape) of the conv of an X of ``x_shape`` with W, given the output gradient G:
+    a convolution of G with the flipped filter (see Conv), on the live block."""
+    N, H, Wd, C = x_shape
+    kh, kw, Cg, Cout = W.shape
+    block = _live_block(H, Wd, kh, kw, G.shape[1], G.shape[2], a)
+    if block is None:
+        return B.full(tuple(x_shape), 0.0, G)
+    ((ka, kb), (la, lb)), ((oa, ob), (qa, qb)), ((pt, _), (pl, _)) = block
+    if (ka, kb, la, lb) != (0, kh - 1, 0, kw - 1):
+        W = W[ka : kb + 1, la : lb + 1]
+        kh, kw = W.shape[:2]
+    if (oa, ob, qa, qb) != (0, G.shape[1] - 1, 0, G.shape[2] - 1):
+        G = G[:, oa : ob + 1, qa : qb + 1]
+    g = a.groups
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    Ho, Wo = G.shape[1:3]
+    axes = (_dx_axis(H, Ho, kh, sh, dh, pt), _dx_axis(Wd, Wo, kw, sw, dw, pl))
+    if None in axes:
+        # Stride and kernel dilation both > 1 on an axis: dilate G by (stride - 1).
+        if sh > 1:
+            G = Dilate((1,), sh - 1).compute(G)
+        if sw > 1:
+            G = Dilate((2,), sw - 1).compute(G)
+        axes = (_dx_axis(H, Ho * sh, kh, 1, dh, pt), _dx_axis(Wd, Wo * sw, kw, 1, dw, pl))
+        sh = sw = 1
+    (Lh, lh, rh, pad_h), (Lw, lw, rw, pad_w) = axes
+    # Polyphase filter: phase (r, q) of dX is a stride-1 conv of the UNdilated G with the
+    # flipped sub-kernel W[r'::s, q'::s]; all s*s phases are the output channels of one conv.
+    Wp = B.pad(W, ((lh, rh), (lw, rw), (0, 0), (0, 0))) if lh or rh or lw or rw else B.compact(W)
+    # Permute first (a view), then flip: the flip's one copy lands in the final layout.
+    Wp = B.permute(Wp.reshape((Lh, sh, Lw, sw, Cg, g, Cout // g)), (0, 2, 6, 5, 1, 3, 4))
+    Wp = B.flip(Wp, (0, 1)).reshape((Lh, Lw, Cout // g, g * sh * sw * Cg))
+    dil = (dh if sh == 1 else 1, dw if sw == 1 else 1)
+    Y = _conv_forward(G, Wp, _with_padding(a, (pad_h, pad_w), stride=(1, 1), dilation=dil))
+    if sh == sw == 1:
+        return Y
+    Ah, Aw = Y.shape[1:3]
+    Y = B.compact(B.permute(Y.reshape((N, Ah, Aw, g, sh, sw, Cg)), (0, 1, 4, 2, 5, 3, 6)))
+    Y = Y.reshape((N, Ah * sh, Aw * sw, C))
+    if Ah * sh != H or Aw * sw != Wd:
+        Y = Y[:, :H, :Wd]
+    return Y
+
+
+def _conv_weight_grad(X, G, w_shape, a):
+    """dW (w_shape) of the conv of X with a W of ``w_shape``, given the output gradient G:
+    a convolution of X (channels and batch swapped) with G as the filter (see Conv)."""
+    N, H, Wd, C = X.shape
+    kh, kw, Cg, Cout = w_shape
+    block = _live_block(H, Wd, kh, kw, G.shape[1], G.shape[2], a)
+    if block is None:
+        return B.full(tuple(w_shape), 0.0, X)
+    ((ka, kb), (la, lb)), ((oa, ob), (qa, qb)), ((pt, _), (pl, _)) = block
+    if (oa, ob, qa, qb) != (0, G.shape[1] - 1, 0, G.shape[2] - 1):
+        G = G[:, oa : ob + 1, qa : qb + 1]
+    g = a.groups
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    Ho, Wo = G.shape[1:3]
+    keh, kew = dh * (kb - ka) + 1, dw * (lb - la) + 1
+    if g == 1:  # a view: the kernel reads it through its strides
+        Xt = B.permute(X, (3, 1, 2, 0))
+    else:
+        Xt = B.permute(X.reshape((N, H, Wd, g, Cg)), (4, 1, 2, 3, 0)).reshape((Cg, H, Wd, g * N))
+    Gt = B.permute(G, (1, 2, 0, 3))
+    pads = ((pt, keh + sh * (Ho - 1) - H - pt), (pl, kew + sw * (Wo - 1) - Wd - pl))
+    dWt = _conv_forward(Xt, Gt, _with_padding(a, pads, stride=(dh, dw), dilation=(sh, sw)))
+    dW = B.permute(dWt, (1, 2, 0, 3))
+    if (ka, kb, la, lb) != (0, kh - 1, 0, kw - 1):
+        dW = B.pad(dW, ((ka, kh - 1 - kb), (la, kw - 1 - lb), (0, 0), (0, 0)))
+    return dW
+
+
+class _ConvOp(TensorOp):
+    """The options of Conv and its adjoints (``stride``, ``padding``, ``dilation``, ``groups``)."""
+
+    @classmethod
+    def _make(cls, args, shape=None):
+        op = cls.__new__(cls)
+        op.args, op.shape = args, shape
+        return op
+
+    @property
+    def stride(self):
+        return self.args.stride
+
+    @property
+    def padding(self):
+        return self.args.padding
+
+    @property
+    def dilation(self):
+        return self.args.dilation
+
+    @property
+    def groups(self):
+        return self.args.groups
+
+
+class Conv(_ConvOp):
     r"""Cross-correlation of NHWC ``X`` (N, H, W, C) with ``W`` (kh, kw, C/groups, Cout).
 
     Output (N, Ho, Wo, Cout), Ho = (H + pt + pb - dh (kh - 1) - 1) // sh + 1.
@@ -176,146 +378,59 @@ class Conv(TensorOp):
         dW = conv(X as (Cg, H, W, g N), G as (Ho, Wo, N, Cout),
                   stride d, dilation s, padding (pt, d (k-1) + s (Ho-1) + 1 - H - pt), groups g)
     (the bottom width makes the output exactly kh rows), permuted back to (kh, kw, Cg, Cout).
-    Both adjoints are this same op, so they are differentiable again and any
-    speed-up of the forward speeds up training.
+    Both adjoints are convolutions computed by the same function as the forward
+    (_conv_forward), so any speed-up of the forward speeds up training. Each is
+    one graph node (ConvGradInput, ConvGradWeight) whose own gradient is again
+    one of the three ops, so they differentiate again.
+
+    Taps that only ever read padding, and output rows or columns whose whole
+    window is padding (ResNet9's 3x3 filters on 2x2 and 1x1 maps), contribute
+    exact zeros: every one of the three convolutions runs on the live block only.
     """
 
     def __init__(self, stride=1, padding=0, dilation=1, groups=1):
-        self.stride = _pair(stride, "conv stride")
-        self.padding = _padding(padding)
-        self.dilation = _pair(dilation, "conv dilation")
-        self.groups = int(groups)
-        if min(self.stride) < 1 or min(self.dilation) < 1 or self.groups < 1:
-            raise ValueError(
-                f"conv: stride {self.stride}, dilation {self.dilation} and groups {self.groups} must be >= 1"
-            )
-
-    def _check(self, X, W):
-        if X.ndim != 4 or W.ndim != 4:
-            raise ValueError(f"conv: X must be NHWC and W (kh, kw, C_in/groups, C_out), got {X.shape} and {W.shape}")
-        g, C, Cout = self.groups, X.shape[3], W.shape[3]
-        if C != W.shape[2] * g or Cout % g:
-            raise ValueError(
-                f"conv: X {tuple(X.shape)} and W {tuple(W.shape)} with groups={g}: need C_in = W.shape[2] * groups "
-                f"and C_out divisible by groups"
-            )
-        (pt, pb), (pl, pr) = self.padding
-        Ho = _out_size(X.shape[1] + pt + pb, W.shape[0], self.stride[0], self.dilation[0])
-        Wo = _out_size(X.shape[2] + pl + pr, W.shape[1], self.stride[1], self.dilation[1])
-        if Ho < 1 or Wo < 1:
-            raise ValueError(
-                f"conv: kernel {tuple(W.shape[:2])} with dilation {self.dilation} does not fit in X {tuple(X.shape)} "
-                f"padded by {self.padding}"
-            )
+        self.args = _conv_args(stride, padding, dilation, groups)
+        self.shape = None
 
     def compute(self, X, W):
-        self._check(X, W)
-        (sh, sw), (dh, dw) = self.stride, self.dilation
-        (pt, pb), (pl, pr) = self.padding
-        N, H, Wd, _ = X.shape
-        kh, kw, _, Cout = W.shape
-        Ho = _out_size(H + pt + pb, kh, sh, dh)
-        Wo = _out_size(Wd + pl + pr, kw, sw, dw)
-        live = (_live(H, kh, sh, dh, pt, Ho), _live(Wd, kw, sw, dw, pl, Wo))
-        if None in live:  # every tap reads padding only
-            return B.full((N, Ho, Wo, Cout), 0.0, X)
-        (ka, kb, oa, ob), (la, lb, qa, qb) = live
-        if (ka, kb, oa, ob, la, lb, qa, qb) == (0, kh - 1, 0, Ho - 1, 0, kw - 1, 0, Wo - 1):
-            return self._compute(X, W, self.padding)
-        # Taps that only ever read padding and output rows/columns whose whole window is padding
-        # contribute exact zeros: convolve the live block only, then zero-pad the output.
-        if (ka, kb, la, lb) != (0, kh - 1, 0, kw - 1):
-            W = W[ka : kb + 1, la : lb + 1]
-        top, left = pt - ka * dh - oa * sh, pl - la * dw - qa * sw
-        bottom = dh * (kb - ka) + 1 + sh * (ob - oa) - H - top
-        right = dw * (lb - la) + 1 + sw * (qb - qa) - Wd - left
-        out = self._compute(X, W, ((top, bottom), (left, right)))
-        if (oa, ob, qa, qb) != (0, Ho - 1, 0, Wo - 1):
-            out = B.pad(out, ((0, 0), (oa, Ho - 1 - ob), (qa, Wo - 1 - qb), (0, 0)))
-        return out
-
-    def _compute(self, X, W, padding):
-        if _use_implicit(X):
-            return X.conv2d(W, self.stride, padding, self.dilation, self.groups)
-        kh, kw, Cg, Cout = W.shape
-        g = self.groups
-        X = _pad_or_crop(X, padding)
-        view = _windows(X, (kh, kw), self.stride, self.dilation, group_split=g)
-        N, Ho, Wo = view.shape[:3]
-        M, K = N * Ho * Wo, kh * kw * Cg
-        if g == 1:
-            out = B.compact(view).reshape((M, K)) @ B.compact(W).reshape((K, Cout))
-            return out.reshape((N, Ho, Wo, Cout))
-        cols = B.compact(B.permute(view, (5, 0, 1, 2, 3, 4, 6))).reshape((g, M, K))
-        w = B.compact(B.permute(B.compact(W).reshape((kh, kw, Cg, g, Cout // g)), (3, 0, 1, 2, 4)))
-        out = cols @ w.reshape((g, K, Cout // g))  # (g, M, Cout/g)
-        out = B.compact(B.permute(out.reshape((g, N, Ho, Wo, Cout // g)), (1, 2, 3, 0, 4)))
-        return out.reshape((N, Ho, Wo, Cout))
-
-    def _grad_input(self, G, x_shape, W):
-        """dX as a convolution of the output gradient ``G`` with the flipped filter (see the class doc)."""
-        N, H, Wd, C = x_shape
-        kh, kw, Cg, Cout = W.shape
-        g = self.groups
-        (sh, sw), (dh, dw) = self.stride, self.dilation
-        (pt, _), (pl, _) = self.padding
-        Ho, Wo = G.shape[1:3]
-        axes = (_dx_axis(H, Ho, kh, sh, dh, pt), _dx_axis(Wd, Wo, kw, sw, dw, pl))
-        if None in axes:
-            # Stride and kernel dilation both > 1 on an axis: dilate G by (stride - 1).
-            if sh > 1:
-                G = dilate(G, (1,), sh - 1)
-            if sw > 1:
-                G = dilate(G, (2,), sw - 1)
-            sh = sw = 1
-            axes = (_dx_axis(H, Ho * self.stride[0], kh, 1, dh, pt), _dx_axis(Wd, Wo * self.stride[1], kw, 1, dw, pl))
-        (Lh, lh, rh, pad_h), (Lw, lw, rw, pad_w) = axes
-        # Polyphase filter: phase (r, q) of dX is a stride-1 conv of the UNdilated G with the
-        # flipped sub-kernel W[r'::s, q'::s]; all s*s phases are the output channels of one conv.
-        Wp = W
-        if lh or rh or lw or rw:
-            Wp = pad(W, ((lh, rh), (lw, rw), (0, 0), (0, 0)))
-        # Permute first (a view), then flip: the flip's one copy lands in the final layout.
-        Wp = permute(reshape(Wp, (Lh, sh, Lw, sw, Cg, g, Cout // g)), (0, 2, 6, 5, 1, 3, 4))
-        Wp = reshape(flip(Wp, (0, 1)), (Lh, Lw, Cout // g, g * sh * sw * Cg))
-        dil = (dh if sh == 1 else 1, dw if sw == 1 else 1)
-        Y = Conv(stride=1, padding=(pad_h, pad_w), dilation=dil, groups=g)(G, Wp)
-        if sh == sw == 1:
-            return Y
-        Ah, Aw = Y.shape[1:3]
-        Y = reshape(permute(reshape(Y, (N, Ah, Aw, g, sh, sw, Cg)), (0, 1, 4, 2, 5, 3, 6)), (N, Ah * sh, Aw * sw, C))
-        if Ah * sh != H or Aw * sw != Wd:
-            Y = get_item(Y, (slice(None), slice(0, H), slice(0, Wd), slice(None)))
-        return Y
+        return _conv_forward(X, W, self.args)
 
     def gradient(self, out_grad, node):
         X, W = node.inputs
-        N, H, Wd, C = X.shape
-        kh, kw, Cg, Cout = W.shape
-        g = self.groups
-        (sh, sw), (dh, dw) = self.stride, self.dilation
-        (pt, pb), (pl, pr) = self.padding
-        Ho, Wo = out_grad.shape[1:3]
-        keh, kew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-
         # An input that needs no gradient (the image batch of a first layer) gets None.
-        dX = dW = None
-        if X.requires_grad:
-            dX = self._grad_input(out_grad, X.shape, W)
-        if W.requires_grad:
-            if g == 1:  # a view: the conv's padding makes the one copy (X may itself be a view of NCHW)
-                Xt = permute(X, (3, 1, 2, 0))
-            else:
-                Xt = reshape(permute(reshape(X, (N, H, Wd, g, Cg)), (4, 1, 2, 3, 0)), (Cg, H, Wd, g * N))
-            Gt = permute(out_grad, (1, 2, 0, 3))
-            dWt = Conv(
-                stride=(dh, dw),
-                padding=((pt, keh + sh * (Ho - 1) - H - pt), (pl, kew + sw * (Wo - 1) - Wd - pl)),
-                dilation=(sh, sw),
-                groups=g,
-            )(Xt, Gt)
-            dW = permute(dWt, (1, 2, 0, 3))
+        dX = ConvGradInput._make(self.args, X.shape)(out_grad, W) if X.requires_grad else None
+        dW = ConvGradWeight._make(self.args, W.shape)(X, out_grad) if W.requires_grad else None
         return dX, dW
+
+
+class ConvGradInput(_ConvOp):
+    """dX of Conv (``shape`` is X's) from the output gradient G and the filter W: a convolution
+    of G with the flipped filter. Linear in both: for the adjoint V of dX,
+    dG = conv(V, W) and dW = ConvGradWeight(V, G)."""
+
+    def compute(self, G, W):
+        return _conv_input_grad(G, W, self.shape, self.args)
+
+    def gradient(self, out_grad, node):
+        G, W = node.inputs
+        dG = Conv._make(self.args)(out_grad, W) if G.requires_grad else None
+        dW = ConvGradWeight._make(self.args, W.shape)(out_grad, G) if W.requires_grad else None
+        return dG, dW
+
+
+class ConvGradWeight(_ConvOp):
+    """dW of Conv (``shape`` is W's) from the image X and the output gradient G: a convolution
+    of X with G as the filter. Linear in both: for the adjoint U of dW,
+    dX = ConvGradInput(G, U) and dG = conv(X, U)."""
+
+    def compute(self, X, G):
+        return _conv_weight_grad(X, G, self.shape, self.args)
+
+    def gradient(self, out_grad, node):
+        X, G = node.inputs
+        dX = ConvGradInput._make(self.args, X.shape)(G, out_grad) if X.requires_grad else None
+        dG = Conv._make(self.args)(X, out_grad) if G.requires_grad else None
+        return dX, dG
 
 
 def conv(a, b, stride=1, padding=1, dilation=1, groups=1):
