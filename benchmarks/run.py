@@ -38,7 +38,8 @@ for p in (os.path.join(ROOT, "python"), ROOT):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-SECTIONS = ["gemm", "dtype_gemm", "conv_gemm", "bandwidth", "compact", "conv", "train", "overhead", "memory"]
+SECTIONS = ["gemm", "dtype_gemm", "conv_gemm", "bandwidth", "compact", "conv", "conv_memory", "train", "overhead",
+            "memory"]
 
 # ResNet9 conv layers (Cin, Cout, k, stride) on 32x32 CIFAR input, "same" padding k // 2.
 RESNET9_CONVS = [(3, 16, 7, 4), (16, 32, 3, 2), (32, 32, 3, 1), (32, 32, 3, 1),
@@ -299,6 +300,83 @@ def bench_conv(ctx, threads):
         row(ctx.results, "conv", f"fwd+bwd {name}", threads, "iter/s", {kk: 1.0 / v for kk, v in t.items()})
 
 
+# ---- extra memory of one conv forward + backward ----------------------------------------
+# (name, N, H, Cin, Cout, k, stride): the ResNet9 layers at batch 128 and the large layer of the
+# issue that motivated the implicit GEMM (its im2col matrix alone is 288 MiB).
+def conv_memory_cases(quick):
+    cases = [(name, n, h, cin, cout, k, s) for name, n, h, cin, cout, k, s, *_ in resnet9_layer_shapes(
+        32 if quick else 128)]
+    cases = list(dict.fromkeys(cases))  # the repeated layers once
+    cases.append(("conv64-64k3s1@64", 8 if quick else 32, 64, 64, 64, 3, 1))
+    return cases
+
+
+def bench_conv_memory(ctx, threads):
+    """Peak RSS growth of one conv forward + backward (x and w both need gradients), in a
+    fresh child process per framework and layer: libraries are warmed up on a 2-image batch,
+    the peak is reset (/proc/self/clear_refs), then the full batch runs. It counts what the
+    step allocates beyond its inputs: output, gradients and every temporary."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        print("  skipped: needs Linux /proc/self/clear_refs")
+        return
+    for case in conv_memory_cases(ctx.quick):
+        name, n = case[0], case[1]
+        out = {}
+        for who in ("needle", "torch"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--child-conv-memory", who, "--threads", str(threads),
+                   "--conv-case", json.dumps(case[1:])]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            line = [ln for ln in r.stdout.splitlines() if ln.startswith("CONVMEM ")]
+            if not line:
+                print(f"  {name} {who}: failed ({(r.stderr or r.stdout).strip().splitlines()[-1:]})")
+                break
+            out[who] = float(line[-1].split()[1])
+        if len(out) < 2:
+            continue
+        row(ctx.results, "conv_memory", f"fwd+bwd {name} b{n}", threads, "MiB", out,
+            note=f"(needle/torch memory {out['needle'] / max(out['torch'], 1e-9):.2f}x)")
+        entry = ctx.results[-1]
+        entry["memory_x"] = out["needle"] / max(out["torch"], 1e-9)
+        for key in [k for k in entry if k.startswith("ratio_vs_")]:  # MiB: lower is better
+            del entry[key]
+
+
+def child_conv_memory(who, case):
+    n, h, cin, cout, k, s = case
+    pad = k // 2
+
+    def status_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":"))
+
+    rng = np.random.default_rng(0)
+    if who == "needle":
+        import needle as ndl
+
+        def make(batch):
+            x = ndl.Tensor(rng.standard_normal((batch, h, h, cin), dtype=np.float32), device=ndl.cpu())
+            w = ndl.Tensor(rng.standard_normal((k, k, cin, cout), dtype=np.float32) * 0.1, device=ndl.cpu())
+            return lambda: ndl.ops.conv(x, w, stride=s, padding=pad).backward()
+    else:
+        import torch
+
+        def make(batch):
+            x = torch.tensor(rng.standard_normal((batch, cin, h, h), dtype=np.float32), requires_grad=True)
+            w = torch.tensor(rng.standard_normal((cout, cin, k, k), dtype=np.float32) * 0.1, requires_grad=True)
+
+            def step():
+                y = torch.nn.functional.conv2d(x, w, stride=s, padding=pad)
+                y.backward(torch.ones_like(y))
+            return step
+    make(2)()  # warm-up: thread pools, library state
+    step = make(n)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = status_kib("VmRSS")
+    step()
+    print(f"CONVMEM {(status_kib('VmHWM') - base) / 1024.0:.2f}")
+
+
 # ---- training steps ---------------------------------------------------------------
 def torch_residual(torch):
     """PyTorch twin of needle's nn.Residual: f(x) + x."""
@@ -534,7 +612,7 @@ class Ctx:
 
 
 RUNNERS = {"gemm": bench_gemm, "dtype_gemm": bench_dtype_gemm, "conv_gemm": bench_conv_gemm, "bandwidth": bench_bandwidth, "compact": bench_compact,
-           "conv": bench_conv, "train": bench_train, "overhead": bench_overhead, "memory": bench_memory}
+           "conv": bench_conv, "conv_memory": bench_conv_memory, "train": bench_train, "overhead": bench_overhead, "memory": bench_memory}
 
 
 def machine_info(cpu):
@@ -569,9 +647,18 @@ def format_table(results, info):
             ratio_t = None
         lines.append(f"| {r['section']} | {r['name']} | {r['threads']} | {r['unit']} | {f(v.get('needle'), '{:.1f}')} | "
                      f"{f(v.get('numpy'), '{:.1f}')} | {f(v.get('torch'), '{:.1f}')} | {f(r.get('ratio_vs_numpy'))} | "
-                     f"{f(ratio_t) if 'overhead_x' not in r else 'time x' + f(r['overhead_x'])} | "
+                     f"{_torch_column(r, ratio_t, f)} | "
                      f"{f(r.get('ratio_vs_copy'))} | {f(r.get('ratio_vs_f32'))} |")
     return "\n".join(lines)
+
+
+def _torch_column(r, ratio_t, f):
+    """needle/torch: a throughput ratio, or 'time x' / 'mem x' (needle's time / memory over torch's)."""
+    if "overhead_x" in r:
+        return "time x" + f(r["overhead_x"])
+    if "memory_x" in r:
+        return "mem x" + f(r["memory_x"])
+    return f(ratio_t)
 
 
 def update_readme(table):
@@ -610,12 +697,23 @@ def main():
     ap.add_argument("--json-out", default=None, help="JSON path (default benchmarks/results/cpu-<date>.json)")
     ap.add_argument("--no-readme", action="store_true", help="do not update benchmarks/README.md")
     ap.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-conv-memory", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--conv-case", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.threads = [int(t) for t in args.threads.split(",") if t]
     args.only = [s for s in args.only.split(",") if s]
     unknown = set(args.only) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+
+    if args.child_conv_memory:
+        from needle.backend_ndarray import ndarray_backend_cpu as cpu
+        cpu.set_num_threads(args.threads[0])
+        if args.child_conv_memory == "torch":
+            import torch
+            torch.set_num_threads(args.threads[0])
+        child_conv_memory(args.child_conv_memory, json.loads(args.conv_case))
+        return
 
     if args.child_memory:
         from needle.backend_ndarray import ndarray_backend_cpu as cpu

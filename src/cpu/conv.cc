@@ -134,6 +134,9 @@ struct Plan {
   int64_t M, K, cog;
   bool batch_fastest;  // row m is (p, q, b) with b fastest; else (b, p, q) with q fastest
   Layout layout;
+  // Row m of C is at c + m * ldc when `uniform`, else at out pixel (b, p, q) of row m (s->os).
+  bool uniform;
+  int64_t ldc;
   bool width_depth() const { return layout == Layout::kRowsWidth; }  // depth order (ch, i, k)
   bool rows_layout() const { return layout == Layout::kRowsTaps || layout == Layout::kRowsWidth; }
 };
@@ -474,36 +477,72 @@ template <typename F, int MR, int NV>
 struct Engine {
   static constexpr int NR = NV * Vec<F>::W;
 
-  // Rows [m0, m1) of group g's C (at c, row stride ldc), one kc-deep slab at
-  // k0 whose B strips are packed at bp (strip j at bp + j * kc).
+  // Rows [m0, m1) of group g's C (c: its first column), one kc-deep slab at k0
+  // whose B strips are packed at bp (strip j at bp + j * kc).
   static void rows(const Plan& P, const F* x, int64_t g, int64_t m0, int64_t m1, int64_t k0, int64_t kc,
-                   const F* bp, F* c, int64_t ldc, bool accumulate) {
+                   const F* bp, F* c, bool accumulate) {
+    const ConvGeometry& s = *P.s;
     F* abuf = scratch<F>(kConvA, int64_t(MR) * kc + kSpill);
     const bool rl = P.rows_layout();
     const int64_t ars = rl ? kc : 1, acs = rl ? 1 : MR;
+    // Out pixel of row ir (for scattered rows): (b, p, q), stepped along the row order.
+    int64_t b = 0, p = 0, q = 0;
+    if (!P.uniform) {
+      if (P.batch_fastest) {
+        b = m0 % s.n, q = (m0 / s.n) % s.wo, p = m0 / (s.n * s.wo);
+      } else {
+        b = m0 / (s.ho * s.wo), p = (m0 / s.wo) % s.ho, q = m0 % s.wo;
+      }
+    }
+    F* crow[MR];
     for (int64_t ir = m0; ir < m1; ir += MR) {
       const int64_t mr = std::min<int64_t>(MR, m1 - ir);
       switch (P.layout) {
-        case Layout::kRowsTaps: pack_rows_taps<F>(*P.s, x, g, ir, mr, MR, k0, kc, abuf); break;
-        case Layout::kRowsWidth: pack_rows_width<F>(*P.s, x, g, ir, mr, MR, k0, kc, abuf); break;
+        case Layout::kRowsTaps: pack_rows_taps<F>(s, x, g, ir, mr, MR, k0, kc, abuf); break;
+        case Layout::kRowsWidth: pack_rows_width<F>(s, x, g, ir, mr, MR, k0, kc, abuf); break;
         default: pack_cols<F, MR>(P, x, g, ir, mr, k0, kc, abuf); break;
+      }
+      // Where the strip's rows go: evenly strided (written in place) or scattered.
+      F* c0 = c + ir * P.ldc;
+      int64_t ldc = P.ldc;
+      bool even = P.uniform;
+      if (!P.uniform) {
+        for (int64_t r = 0; r < mr; ++r) {
+          crow[r] = c + b * s.os[0] + p * s.os[1] + q * s.os[2];
+          if (P.batch_fastest) {
+            if (++b == s.n) {
+              b = 0;
+              if (++q == s.wo) q = 0, ++p;
+            }
+          } else if (++q == s.wo) {
+            q = 0;
+            if (++p == s.ho) p = 0, ++b;
+          }
+        }
+        c0 = crow[0];
+        ldc = mr > 1 ? crow[1] - crow[0] : P.cog;
+        even = ldc >= P.cog;
+        for (int64_t r = 2; r < mr && even; ++r) even = crow[r] - crow[r - 1] == ldc;
       }
       for (int64_t jr = 0; jr < P.cog; jr += NR) {
         const int64_t nr = std::min<int64_t>(NR, P.cog - jr);
-        F* cc = c + ir * ldc + jr;
-        if (mr == MR && nr == NR) {
-          micro_kernel_strided<F, MR, NV>(kc, abuf, ars, acs, bp + jr * kc, cc, ldc, accumulate);
+        if (even && mr == MR && nr == NR) {
+          micro_kernel_strided<F, MR, NV>(kc, abuf, ars, acs, bp + jr * kc, c0 + jr, ldc, accumulate);
+          continue;
+        }
+        alignas(64) F tile[MR * NR];
+        micro_kernel_strided<F, MR, NV>(kc, abuf, ars, acs, bp + jr * kc, tile, NR, false);
+        if (even) {
+          write_tile<F, MR, NV>(tile, c0 + jr, ldc, accumulate, mr, nr);
         } else {
-          alignas(64) F tile[MR * NR];
-          micro_kernel_strided<F, MR, NV>(kc, abuf, ars, acs, bp + jr * kc, tile, NR, false);
-          write_tile<F, MR, NV>(tile, cc, ldc, accumulate, mr, nr);
+          for (int64_t r = 0; r < mr; ++r) write_tile<F, 1, NV>(tile + r * NR, crow[r] + jr, 0, accumulate, 1, nr);
         }
       }
     }
   }
 
-  // C (rows of every group at c, row stride ldc) for the whole product.
-  static void run(const Plan& P, const F* x, const F* f, F* c, int64_t ldc) {
+  // C (rows of every group; c: column 0) for the whole product.
+  static void run(const Plan& P, const F* x, const F* f, F* c) {
     const ConvGeometry& s = *P.s;
     const int64_t G = s.groups, M = P.M, K = P.K, cog = P.cog;
     const int64_t ks = kc_step<F>(K), nslabs = (K + ks - 1) / ks, npad = round_up(cog, NR);
@@ -512,7 +551,7 @@ struct Engine {
     const int nt = work >= double(kParallelFlops) && !in_parallel() ? pool_threads() : 1;
     const int64_t min_chunks = G * ((mstrips + kMinChunkStrips - 1) / kMinChunkStrips);
     if (nt > 1 && nslabs >= 2 && min_chunks < 2 * nt && G * M * cog <= kMaxPartialElems) {
-      split_k(P, x, f, c, ldc, nt);
+      split_k(P, x, f, c, nt);
       return;
     }
     // Chunks of whole strips, about kChunksPerThread per thread, at most an MC block.
@@ -543,7 +582,7 @@ struct Engine {
         for (int64_t p = p0; p < p0 + np; ++p) {
           const int64_t k0 = p * ks;
           rows(P, x, g, m0, m1, k0, std::min(ks, K - k0), bshared + (g * np + p - p0) * slab_elems, c + g * cog,
-               ldc, p > 0);
+               p > 0);
         }
       };
       if (nt > 1) {
@@ -555,7 +594,7 @@ struct Engine {
   }
 
   // Few rows, deep K: tasks sum ranges of slabs into partial Cs, then add up.
-  static void split_k(const Plan& P, const F* x, const F* f, F* c, int64_t ldc, int nt) {
+  static void split_k(const Plan& P, const F* x, const F* f, F* c, int nt) {
     const ConvGeometry& s = *P.s;
     const int64_t G = s.groups, M = P.M, K = P.K, cog = P.cog;
     const int64_t ks = kc_step<F>(K), nslabs = (K + ks - 1) / ks, npad = round_up(cog, NR);
@@ -563,6 +602,9 @@ struct Engine {
     const int64_t part = M * cog;  // one partial: compact rows of cog
     std::unique_ptr<F[]> partials(new F[size_t(kt * G * part)]);
     const int64_t mc = Blocking<F>::MC_STRIPS * MR;
+    Plan Pp = P;  // the partials: compact rows of cog
+    Pp.uniform = true;
+    Pp.ldc = cog;
     parallel_for(kt * G, [&](int64_t t) {
       const int64_t r = t / G, g = t % G;
       const int64_t pa = r * nslabs / kt, pb = (r + 1) * nslabs / kt;
@@ -571,12 +613,18 @@ struct Engine {
       for (int64_t p = pa; p < pb; ++p) {
         const int64_t k0 = p * ks, kc = std::min(ks, K - k0);
         pack_filter<F, NR>(P, f, g, k0, kc, bp);
-        for (int64_t m0 = 0; m0 < M; m0 += mc) rows(P, x, g, m0, std::min(M, m0 + mc), k0, kc, bp, cp, cog, p > pa);
+        for (int64_t m0 = 0; m0 < M; m0 += mc) rows(Pp, x, g, m0, std::min(M, m0 + mc), k0, kc, bp, cp, p > pa);
       }
     }, nt);
-    for (int64_t g = 0; g < G; ++g) {
-      for (int64_t m = 0; m < M; ++m) {
-        F* dst = c + m * ldc + g * cog;
+    const int64_t hw = s.ho * s.wo;
+    for (int64_t m = 0; m < M; ++m) {
+      F* crow = c + m * P.ldc;
+      if (!P.uniform) {
+        const int64_t b = P.batch_fastest ? m % s.n : m / hw, pq = P.batch_fastest ? m / s.n : m % hw;
+        crow = c + b * s.os[0] + (pq / s.wo) * s.os[1] + (pq % s.wo) * s.os[2];
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        F* dst = crow + g * cog;
         const F* src = partials.get() + g * part + m * cog;
         std::memcpy(dst, src, size_t(cog) * sizeof(F));
         for (int64_t r = 1; r < kt; ++r) {
@@ -589,10 +637,41 @@ struct Engine {
   }
 };
 
-template <typename F, int MR, int NV>
-void run_tile(const Plan& P, const F* x, const F* f, F* c, int64_t ldc) {
-  Engine<F, MR, NV>::run(P, x, f, c, ldc);
+template <typename F>
+void run_plan(const Plan& P, const F* x, const F* f, F* c) {
+  using TL = Tile<F>;
+  if constexpr (TL::MR_NARROW > 0) {
+    if (P.cog <= Vec<F>::W) return Engine<F, TL::MR_NARROW, 1>::run(P, x, f, c);
+  }
+  Engine<F, TL::MR, TL::NV>::run(P, x, f, c);
 }
+
+// One axis of the output split into runs [o0, o1) of outputs that read the
+// same taps [t0, t1) (every other tap reads padding): tap t of output o reads
+// input o s + t d - pad, inside when 0 <= it < n. Runs with no tap read zeros.
+struct AxisRun {
+  int64_t o0, o1, t0, t1;
+};
+std::vector<AxisRun> axis_runs(int64_t n, int64_t n_out, int64_t k, int64_t s, int64_t d, int64_t pad) {
+  std::vector<AxisRun> runs;
+  for (int64_t o = 0; o < n_out; ++o) {
+    const int64_t r0 = o * s - pad;
+    const int64_t t0 = std::max<int64_t>(0, ceil_div(-r0, d)), t1 = std::min<int64_t>(k, ceil_div(n - r0, d));
+    const int64_t a = std::min(t0, t1), z = t1;  // empty as (t1, t1)
+    if (!runs.empty() && runs.back().t0 == a && runs.back().t1 == z) {
+      runs.back().o1 = o + 1;
+    } else {
+      runs.push_back({o, o + 1, a, z});
+    }
+  }
+  return runs;
+}
+
+// Below this share of padding taps in the im2col matrix, the convolution runs
+// as one product over zero-filled panels; above it, it is split into boxes of
+// outputs that read the same taps, each a product over those taps alone (a
+// 3x3 filter on a 4x4 map reads padding in 31% of its taps).
+constexpr double kPaddingShareForBoxes = 0.1;
 
 }  // namespace
 }  // namespace conv_detail
@@ -604,7 +683,7 @@ void conv2d_implicit(const ConvGeometry& s, const T* x, const T* f, T* out) {
   using F = T;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "conv2d_implicit: float or double");
   conv_detail::Plan P{&s, s.n * s.ho * s.wo, s.kh * s.kw * s.cg, s.groups ? s.cout / s.groups : 0, false,
-                      Layout::kRowsTaps};
+                      Layout::kRowsTaps, true, 0};
   if (P.M == 0 || s.cout == 0) return;
   // Where out's rows go: evenly strided in (n, ho, wo) or in (ho, wo, n) order,
   // else through a compact scratch C.
@@ -625,19 +704,51 @@ void conv2d_implicit(const ConvGeometry& s, const T* x, const T* f, T* out) {
     c = tmp.data();
     ldc = s.cout;
   }
-  P.layout = plan_layout(s, P.batch_fastest);
   if (P.K == 0) {
     for (int64_t m = 0; m < P.M; ++m) std::fill(c + m * ldc, c + m * ldc + s.cout, F(0));
   } else {
-    using TL = Tile<F>;
-    bool done = false;
-    if constexpr (TL::MR_NARROW > 0) {
-      if (P.cog <= Vec<F>::W) {
-        run_tile<F, TL::MR_NARROW, 1>(P, x, f, c, ldc);
-        done = true;
+    // C's geometry: out's, or the compact scratch's.
+    ConvGeometry sc = s;
+    if (!in_place) {
+      sc.os[3] = 1, sc.os[2] = s.cout, sc.os[1] = s.wo * s.cout, sc.os[0] = s.ho * s.wo * s.cout;
+    }
+    const auto hr = axis_runs(s.h, s.ho, s.kh, s.sh, s.dh, s.pt), wr = axis_runs(s.w, s.wo, s.kw, s.sw, s.dw, s.pl);
+    double live = 0;  // share of the taps that read the image
+    for (const auto& a : hr)
+      for (const auto& e : wr) live += double((a.o1 - a.o0) * (a.t1 - a.t0)) * double((e.o1 - e.o0) * (e.t1 - e.t0));
+    live /= double(s.ho * s.kh) * double(s.wo * s.kw);
+    if (hr.size() * wr.size() == 1 || 1.0 - live < kPaddingShareForBoxes) {
+      P.layout = plan_layout(sc, P.batch_fastest);
+      P.uniform = true;
+      P.ldc = ldc;
+      run_plan(P, x, f, c);
+    } else {
+      // One product per box of outputs that read the same taps: a sub-convolution of
+      // the box's outputs with the filter's live taps, its padding shifted to match.
+      for (const auto& a : hr) {
+        for (const auto& e : wr) {
+          ConvGeometry sb = sc;
+          sb.ho = a.o1 - a.o0, sb.wo = e.o1 - e.o0, sb.kh = a.t1 - a.t0, sb.kw = e.t1 - e.t0;
+          F* cb = c + a.o0 * sc.os[1] + e.o0 * sc.os[2];
+          if (sb.kh == 0 || sb.kw == 0) {  // every tap reads padding
+            for (int64_t b = 0; b < s.n; ++b)
+              for (int64_t p = 0; p < sb.ho; ++p)
+                for (int64_t q = 0; q < sb.wo; ++q)
+                  std::fill_n(cb + b * sc.os[0] + p * sc.os[1] + q * sc.os[2], s.cout, F(0));
+            continue;
+          }
+          sb.pt = s.pt - a.o0 * s.sh - a.t0 * s.dh, sb.pl = s.pl - e.o0 * s.sw - e.t0 * s.dw;
+          Plan Pb{&sb, s.n * sb.ho * sb.wo, sb.kh * sb.kw * s.cg, P.cog, P.batch_fastest, Layout::kRowsTaps, false, 0};
+          Pb.layout = plan_layout(sb, Pb.batch_fastest);
+          const int64_t size[3] = {Pb.batch_fastest ? sb.ho : s.n, Pb.batch_fastest ? sb.wo : sb.ho,
+                                   Pb.batch_fastest ? s.n : sb.wo};
+          const int64_t stride[3] = {Pb.batch_fastest ? sc.os[1] : sc.os[0], Pb.batch_fastest ? sc.os[2] : sc.os[1],
+                                     Pb.batch_fastest ? sc.os[0] : sc.os[2]};
+          Pb.uniform = rows_uniform(size, stride, &Pb.ldc) && (Pb.ldc >= s.cout || Pb.M == 1);
+          run_plan(Pb, x, f + a.t0 * s.fs[0] + e.t0 * s.fs[1], cb);
+        }
       }
     }
-    if (!done) run_tile<F, TL::MR, TL::NV>(P, x, f, c, ldc);
   }
   if (!in_place) {
     // tmp rows are (b, p, q): scatter into out's strides.
