@@ -4,7 +4,8 @@ The CPU kernel is checked against the numpy twin (the spec: an explicit im2col
 product) on shapes large enough to take every path of the engine: chunks of rows
 shared out to threads, the K-split for few-row products, filters packed in
 several ranges, every packing layout (images with unit channel, w or batch
-stride, and none), the
+stride, and none), padded convolutions split into boxes of outputs that read
+the same taps (rows written through pointers), the
 narrow register tile, groups, float64, and outputs the kernel can only reach
 through a scratch copy; with 1 and 2 threads. The Conv op is checked with the
 implicit path against the explicit im2col path on ResNet9's layers (forward
@@ -97,6 +98,8 @@ ENGINE_CASES = {
     "filter-gradient-of-nchw-batch": ((3, 32, 32, 64), (3, 0, 1, 2), (8, 8, 64, 16), (1, 1), (3, 3), (4, 4), 1,
                                       NHWC),
     "batch-rows-gathered": ((3, 16, 16, 64), (3, 0, 1, 2), (8, 8, 64, 16), (1, 1), (3, 3), (2, 2), 1, BATCH_ROWS),
+    "padding-only-outputs": ((2, 3, 3, 4), NHWC, (1, 1, 4, 5), (1, 1), (2, 2), (1, 1), 1, NHWC),
+    "boxes-batch-rows": ((16, 5, 6, 24), (3, 1, 2, 0), (3, 3, 24, 20), (1, 1), (1, 1), (1, 1), 1, BATCH_ROWS),
     "strided-image-scratch-out": ((4, 9, 8, 12), (0, 3, 1, 2), (2, 3, 12, 24), (2, 1), (1, 1), (1, 1), 1,
                                   (3, 1, 0, 2)),
 }

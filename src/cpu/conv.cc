@@ -470,6 +470,15 @@ void pack_filter(const Plan& P, const F* f, int64_t g, int64_t k0, int64_t kc, F
   }
 }
 
+// One product of a convolution split into boxes: its geometry, plan, filter and C.
+template <typename F>
+struct Box {
+  ConvGeometry s;
+  Plan P;
+  const F* f;
+  F* c;
+};
+
 // ---------------------------------------------------------------------------
 // The engine for one register tile (MR x NV registers)
 // ---------------------------------------------------------------------------
@@ -593,6 +602,38 @@ struct Engine {
     }
   }
 
+  // Several products (the boxes of one convolution, each a plan with its filter and C) as
+  // one parallel region: tasks are chunks of a box's rows, each packing its box's filter
+  // slab by slab into its own panel (a box filter is a few taps of the layer's).
+  static void run_boxes(const std::vector<Box<F>>& boxes, const F* x, int nt) {
+    struct Task {
+      int box;
+      int64_t g, m0, m1;
+    };
+    int64_t strips = 0;
+    for (const auto& bx : boxes) strips += bx.P.s->groups * ((bx.P.M + MR - 1) / MR);
+    const int64_t want = int64_t(nt) * kChunksPerThread;
+    const int64_t cm = std::min<int64_t>(Blocking<F>::MC_STRIPS, std::max<int64_t>(2, (strips + want - 1) / want));
+    std::vector<Task> tasks;
+    for (int b = 0; b < int(boxes.size()); ++b) {
+      const Plan& P = boxes[b].P;
+      for (int64_t g = 0; g < P.s->groups; ++g)
+        for (int64_t m0 = 0; m0 < P.M; m0 += cm * MR) tasks.push_back({b, g, m0, std::min(P.M, m0 + cm * MR)});
+    }
+    parallel_for(int64_t(tasks.size()), [&](int64_t t) {
+      const Task& task = tasks[size_t(t)];
+      const Box<F>& bx = boxes[size_t(task.box)];
+      const Plan& P = bx.P;
+      const int64_t ks = kc_step<F>(P.K), npad = round_up(P.cog, NR);
+      F* bp = scratch<F>(kConvB, ks * npad + kSpill);
+      for (int64_t k0 = 0; k0 < P.K; k0 += ks) {
+        const int64_t kc = std::min(ks, P.K - k0);
+        pack_filter<F, NR>(P, bx.f, task.g, k0, kc, bp);
+        rows(P, x, task.g, task.m0, task.m1, k0, kc, bp, bx.c + task.g * P.cog, k0 > 0);
+      }
+    }, nt);
+  }
+
   // Few rows, deep K: tasks sum ranges of slabs into partial Cs, then add up.
   static void split_k(const Plan& P, const F* x, const F* f, F* c, int nt) {
     const ConvGeometry& s = *P.s;
@@ -644,6 +685,27 @@ void run_plan(const Plan& P, const F* x, const F* f, F* c) {
     if (P.cog <= Vec<F>::W) return Engine<F, TL::MR_NARROW, 1>::run(P, x, f, c);
   }
   Engine<F, TL::MR, TL::NV>::run(P, x, f, c);
+}
+
+// The boxes of one convolution: one parallel region over all of them when threads
+// pay (a box alone is often too small to share out), else box by box.
+template <typename F>
+void run_boxes(std::vector<Box<F>>& boxes, const F* x) {
+  double work = 0;
+  for (auto& bx : boxes) {
+    bx.P.s = &bx.s;  // the vector is complete: its geometries stay put
+    work += double(bx.s.groups) * double(bx.P.M) * double(bx.P.cog) * double(bx.P.K);
+  }
+  const int nt = work >= double(kParallelFlops) && !in_parallel() ? pool_threads() : 1;
+  if (nt == 1 || boxes.size() == 1) {
+    for (const auto& bx : boxes) run_plan(bx.P, x, bx.f, bx.c);
+    return;
+  }
+  using TL = Tile<F>;
+  if constexpr (TL::MR_NARROW > 0) {
+    if (boxes[0].P.cog <= Vec<F>::W) return Engine<F, TL::MR_NARROW, 1>::run_boxes(boxes, x, nt);
+  }
+  Engine<F, TL::MR, TL::NV>::run_boxes(boxes, x, nt);
 }
 
 // One axis of the output split into runs [o0, o1) of outputs that read the
@@ -725,6 +787,7 @@ void conv2d_implicit(const ConvGeometry& s, const T* x, const T* f, T* out) {
     } else {
       // One product per box of outputs that read the same taps: a sub-convolution of
       // the box's outputs with the filter's live taps, its padding shifted to match.
+      std::vector<Box<F>> boxes;
       for (const auto& a : hr) {
         for (const auto& e : wr) {
           ConvGeometry sb = sc;
@@ -738,16 +801,18 @@ void conv2d_implicit(const ConvGeometry& s, const T* x, const T* f, T* out) {
             continue;
           }
           sb.pt = s.pt - a.o0 * s.sh - a.t0 * s.dh, sb.pl = s.pl - e.o0 * s.sw - e.t0 * s.dw;
-          Plan Pb{&sb, s.n * sb.ho * sb.wo, sb.kh * sb.kw * s.cg, P.cog, P.batch_fastest, Layout::kRowsTaps, false, 0};
+          Plan Pb{nullptr, s.n * sb.ho * sb.wo, sb.kh * sb.kw * s.cg, P.cog, P.batch_fastest, Layout::kRowsTaps, false,
+                  0};
           Pb.layout = plan_layout(sb, Pb.batch_fastest);
           const int64_t size[3] = {Pb.batch_fastest ? sb.ho : s.n, Pb.batch_fastest ? sb.wo : sb.ho,
                                    Pb.batch_fastest ? s.n : sb.wo};
           const int64_t stride[3] = {Pb.batch_fastest ? sc.os[1] : sc.os[0], Pb.batch_fastest ? sc.os[2] : sc.os[1],
                                      Pb.batch_fastest ? sc.os[0] : sc.os[2]};
           Pb.uniform = rows_uniform(size, stride, &Pb.ldc) && (Pb.ldc >= s.cout || Pb.M == 1);
-          run_plan(Pb, x, f + a.t0 * s.fs[0] + e.t0 * s.fs[1], cb);
+          boxes.push_back({sb, Pb, f + a.t0 * s.fs[0] + e.t0 * s.fs[1], cb});
         }
       }
+      if (!boxes.empty()) run_boxes(boxes, x);
     }
   }
   if (!in_place) {
