@@ -3,6 +3,7 @@
     python benchmarks/summary.py benchmarks/results/cpu-<date>.json
 """
 import json
+import math
 import sys
 
 # (section, name prefix) -> the reference whose ratio is shown
@@ -50,10 +51,25 @@ def main(path):
                 cell += f" (settled {fmt(settled[0], ref)})"
             cells.append(cell)
         print(f"| {prefix} | {REF_NAMES.get(ref, ref)} | {cells[0]} | {cells[1]} |")
-    conv = [e for e in results if e["section"] == "conv" and e["name"].startswith("fwd+bwd") and e["threads"] == 1]
-    if conv:
-        ratios = ", ".join(f"{e['ratio_vs_torch']:.2f}" for e in conv)
-        print(f"| conv fwd+bwd per ResNet9 layer | torch | {ratios} | |")
+    conv = {t: [e for e in results if e["section"] == "conv" and e["name"].startswith("fwd+bwd") and e["threads"] == t]
+            for t in (1, 2)}
+    if conv[1]:
+        cells = []
+        for t in (1, 2):
+            ratios = [e["ratio_vs_torch"] for e in conv[t]]
+            geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+            cells.append(", ".join(f"{r:.2f}" for r in ratios) + (f" (geomean {geo:.2f})" if geo else ""))
+        print(f"| conv fwd+bwd per ResNet9 layer | torch | {cells[0]} | {cells[1]} |")
+    cmem = {t: [e for e in results if e["section"] == "conv_memory" and e["threads"] == t] for t in (1, 2)}
+    for i, e in enumerate(cmem[1]):
+        cells = []
+        for t in (1, 2):
+            if i < len(cmem[t]):
+                v = cmem[t][i]["values"]
+                cells.append(f"{v['needle']:.1f} MiB vs {v['torch']:.1f} MiB ({cmem[t][i]['memory_x']:.2f}x)")
+            else:
+                cells.append("")
+        print(f"| extra memory, conv {e['name']} | torch | {cells[0]} | {cells[1]} |")
     mem = [e for e in results if e["section"] == "memory" and e["threads"] == 1]
     if mem:
         v = mem[0]["values"]
