@@ -333,10 +333,13 @@ def bench_conv_memory(ctx, threads):
             out[who] = float(line[-1].split()[1])
         if len(out) < 2:
             continue
-        row(ctx.results, "conv_memory", f"fwd+bwd {name} b{n}", threads, "MiB", out,
-            note=f"(needle/torch memory {out['needle'] / max(out['torch'], 1e-9):.2f}x)")
+        # Below a MiB the growth is allocator noise (freed warm-up chunks, page rounding): no ratio.
+        small = max(out.values()) < 1.0
+        note = "(both under 1 MiB)" if small else f"(needle/torch memory {out['needle'] / out['torch']:.2f}x)"
+        row(ctx.results, "conv_memory", f"fwd+bwd {name} b{n}", threads, "MiB", out, note=note)
         entry = ctx.results[-1]
-        entry["memory_x"] = out["needle"] / max(out["torch"], 1e-9)
+        if not small:
+            entry["memory_x"] = out["needle"] / out["torch"]
         for key in [k for k in entry if k.startswith("ratio_vs_")]:  # MiB: lower is better
             del entry[key]
 
@@ -658,6 +661,8 @@ def _torch_column(r, ratio_t, f):
         return "time x" + f(r["overhead_x"])
     if "memory_x" in r:
         return "mem x" + f(r["memory_x"])
+    if r["section"] == "conv_memory":
+        return "both < 1 MiB"
     return f(ratio_t)
 
 

@@ -65,8 +65,8 @@ def main(path):
         cells = []
         for t in (1, 2):
             if i < len(cmem[t]):
-                v = cmem[t][i]["values"]
-                cells.append(f"{v['needle']:.1f} MiB vs {v['torch']:.1f} MiB ({cmem[t][i]['memory_x']:.2f}x)")
+                v, x = cmem[t][i]["values"], cmem[t][i].get("memory_x")
+                cells.append(f"{v['needle']:.1f} MiB vs {v['torch']:.1f} MiB" + (f" ({x:.2f}x)" if x else ""))
             else:
                 cells.append("")
         print(f"| extra memory, conv {e['name']} | torch | {cells[0]} | {cells[1]} |")

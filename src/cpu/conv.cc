@@ -19,12 +19,16 @@
 //         image with its channel and batch axes swapped, read so without a
 //         transposed copy), or neighbouring pixels along w.
 // Taps outside the image are written as zeros, so the kernel never branches.
+// When such padding taps are a large share of the matrix (small maps), the
+// convolution is instead split into boxes of outputs that read the same taps,
+// each a product over its live taps only (conv2d_implicit).
 //
 // Threads: rows are cut into chunks of whole strips that the pool claims
 // (threads.h); B is packed once per range of slabs into a buffer they share.
 // A product with too few rows to share out (the filter gradient of a small
 // layer: kh kw cg rows, n ho wo deep) is cut along K instead: each task sums a
 // range of slabs into its own partial C, and the partials are added at the end.
+// The boxes of one convolution are chunked together into one parallel region.
 #include "conv.h"
 
 #include <algorithm>
