@@ -10,10 +10,12 @@ a ratio measured inside one run is the only figure that survives the noise.
 Ratios are needle throughput / reference throughput (> 1: needle is faster),
 except "overhead", which is needle time / PyTorch time (lower is better).
 
-Threads: needle via ``ndarray_backend_cpu.set_num_threads``, PyTorch via
-``torch.set_num_threads``, numpy's OpenBLAS via threadpoolctl when installed;
-without it each thread count runs in a child process started with
-OPENBLAS_NUM_THREADS / OMP_NUM_THREADS set.
+Threads: each thread count runs in its own child process, started with
+OPENBLAS_NUM_THREADS / OMP_NUM_THREADS set, which sets needle
+(``ndarray_backend_cpu.set_num_threads``), PyTorch (``torch.set_num_threads``)
+and numpy's OpenBLAS (threadpoolctl, when installed) once: switching PyTorch's
+OpenMP team from 1 to 2 threads inside one process made its 2-thread training
+steps 20-100x slower on a busy 2-core machine.
 
 Results: a table on stdout, JSON in benchmarks/results/cpu-<date>.json and the
 table in the "Latest results" section of benchmarks/README.md.
@@ -680,7 +682,7 @@ def update_readme(table):
 
 
 def run_in_children(args):
-    """No threadpoolctl: one child per thread count with OpenBLAS's env set."""
+    """One child process per thread count, with OpenBLAS's and OpenMP's env set (see the module doc)."""
     results = []
     for n in args.threads:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(n), OMP_NUM_THREADS=str(n))
@@ -752,8 +754,11 @@ def main():
     print(f"needle CPU benchmarks on {info['cpu']} ({info['cores']} cores), kernel {info['needle_kernel']}, "
           f"numpy threads via {info['numpy_threads_via']}")
 
-    if threads.threadpoolctl is None and len(args.threads) > 1 and not args.json_out:
+    if len(args.threads) > 1 and not args.json_out:
         ctx.results = run_in_children(args)
+        # Rows by section, then thread count, as a single process would have printed them.
+        order = {name: i for i, name in enumerate(SECTIONS)}
+        ctx.results.sort(key=lambda r: (order.get(r["section"], len(order)), r["threads"]))
     else:
         for section in args.only:
             print(f"== {section}")
