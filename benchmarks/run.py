@@ -1,6 +1,6 @@
 """needle CPU benchmarks: needle vs numpy (OpenBLAS) vs PyTorch, same inputs, one run.
 
-    python benchmarks/run.py            # full run (~5-10 min on 2 cores)
+    python benchmarks/run.py            # full run (~3-4 min on 2 cores)
     python benchmarks/run.py --quick    # a short run (~1-2 min)
     python benchmarks/run.py --only gemm,bandwidth --threads 1
 
