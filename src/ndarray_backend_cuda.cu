@@ -206,6 +206,14 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
   }, "Bytes in live arrays, bytes held in the free cache, and peak live bytes (block sizes).");
   m.def("empty_cache", []() { nc::DeviceAllocator::instance().empty_cache(); },
         "Return every cached block to the driver.");
+  m.def("wrap_external", [](size_t address, int64_t size, const py::object& dtype) {
+    const needle::DType dt = needle::dtype_arg(dtype);
+    needle::check_array_size(size, needle::dtype_size(dt));
+    return std::make_unique<Array>(reinterpret_cast<void*>(address), size, dt);
+  }, py::arg("address"), py::arg("size"), py::arg("dtype"),
+     "An Array over device memory at `address` that the caller owns and keeps alive (DLPack import).");
+  m.def("synchronize", []() { CUDA_CHECK(cudaDeviceSynchronize()); },
+        "Wait for every kernel and copy queued on the device.");
   m.def("device_count", &nc::device_count);
   m.def("device_name", &nc::device_name);
 }

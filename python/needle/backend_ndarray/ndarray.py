@@ -351,6 +351,17 @@ class NDArray:
     def numpy(self):
         return self.device.to_numpy(self._handle, list(self.shape), list(self.strides), self._offset)
 
+    # ---- DLPack (backend_ndarray/dlpack.py): zero-copy exchange with other libraries ----
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        from . import dlpack
+
+        return dlpack.to_dlpack(self, stream, max_version, dl_device, copy)
+
+    def __dlpack_device__(self):
+        from . import dlpack
+
+        return dlpack.device_of(self)
+
     def __array__(self, dtype=None, copy=None):
         out = self.numpy()
         return out if dtype is None else out.astype(dtype)
