@@ -43,6 +43,10 @@ class ThreeHeads(nn.Module):
         return out + self.b(x).sum() if use_b else out
 
 
+def _as_numpy(x, dtype):
+    return x.astype(np.dtype(dtype))
+
+
 def mlp(seed, dtype="float32"):
     np.random.seed(seed)
     return nn.Sequential(nn.Linear(6, 16, dtype=dtype), nn.ReLU(), nn.Linear(16, 4, dtype=dtype))
@@ -88,6 +92,10 @@ def main(out):
         saved[f"bcast_{dt}"] = t.numpy().astype(np.float64)
         gathered = dist.all_gather(NDArray(x, dtype=dt))
         saved[f"gather_{dt}"] = np.stack([g.numpy().astype(np.float64) for g in gathered])
+        if dt != "bfloat16":  # numpy arrays of every dtype numpy has
+            gathered = dist.all_gather(_as_numpy(x, dt))
+            saved[f"np_gather_{dt}"] = np.stack(gathered).astype(np.float64)
+            assert all(g.dtype == _as_numpy(x, dt).dtype for g in gathered)
     v = rank_input(r, "float32", (4, 6)).astype(np.float32)
     strided = NDArray(v)
     dist.all_reduce(strided.permute((1, 0))[1:5:2], "sum")  # a permuted, stepped view
@@ -95,6 +103,22 @@ def main(out):
     arr = rank_input(r, "float64")
     dist.all_reduce(arr, "mean")
     saved["numpy_mean"] = arr
+
+    # The path of cuda arrays without NCCL (copied through host memory), taken here by
+    # cpu arrays that are treated as device arrays.
+    from needle.distributed import buffers
+    host_devices, buffers.HOST_DEVICES = buffers.HOST_DEVICES, frozenset({"cpu_numpy"})
+    for dt in DTYPES:
+        x = rank_input(r, dt)
+        a = NDArray(x, dtype=dt)
+        dist.all_reduce(a, "max" if dt == "bool" else "sum")
+        saved[f"copy_reduce_{dt}"] = a.numpy().astype(np.float64)
+        b = NDArray(np.stack([x, x]), dtype=dt)
+        dist.broadcast(b[1], src=1)  # a view with an offset
+        saved[f"copy_bcast_{dt}"] = b.numpy().astype(np.float64)
+        gathered = dist.all_gather(ndl.Tensor(x, dtype=dt, requires_grad=False))
+        saved[f"copy_gather_{dt}"] = np.stack([g.numpy().astype(np.float64) for g in gathered])
+    buffers.HOST_DEVICES = host_devices
 
     # Disagreeing ranks: an error on every rank, not a hang.
     try:

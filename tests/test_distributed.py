@@ -115,6 +115,23 @@ def test_collectives_every_dtype(ranks, dtype):
         np.testing.assert_array_equal(saved[f"bcast_{dtype}"], inputs[1].astype(np.float64))
         np.testing.assert_array_equal(saved[f"gather_{dtype}"],
                                       np.stack(inputs).astype(np.float64))
+        if dtype != "bfloat16":
+            np.testing.assert_array_equal(saved[f"np_gather_{dtype}"],
+                                          np.stack(inputs).astype(np.float64))
+
+
+@needs_mpi
+@pytest.mark.parametrize("dtype", worker.DTYPES)
+def test_collectives_through_host_copies(ranks, dtype):
+    """The path of cuda arrays when NCCL is missing: copy out, MPI, copy back."""
+    inputs = [_as(worker.rank_input(r, dtype), dtype) for r in range(2)]
+    for r, (saved, _) in enumerate(ranks):
+        want = _expected_reduce(dtype, "max" if dtype == "bool" else "sum").astype(np.float64)
+        np.testing.assert_array_equal(saved[f"copy_reduce_{dtype}"], want)
+        np.testing.assert_array_equal(saved[f"copy_bcast_{dtype}"],
+                                      np.stack([inputs[r], inputs[1]]).astype(np.float64))
+        np.testing.assert_array_equal(saved[f"copy_gather_{dtype}"],
+                                      np.stack(inputs).astype(np.float64))
 
 
 @needs_mpi

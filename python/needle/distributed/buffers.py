@@ -36,6 +36,13 @@ def host_view(nd, np_dtype=None):
     return np.frombuffer(raw, dtype=np_dtype).reshape(nd.shape)
 
 
+def _in_dtype(values, dtype):
+    """numpy ``values`` seen as needle ``dtype``: raw 16-bit words of a half dtype (as MPI
+    moved them) are reinterpreted, not converted."""
+    np_dtype = _dt.to_numpy_dtype(dtype)
+    return values if values.dtype == np_dtype else values.view(np_dtype)
+
+
 def _everything(a):
     """The index that selects a whole array, for an in-place write through ``a[...] =``."""
     return Ellipsis if isinstance(a, np.ndarray) else (slice(None),) * a.ndim
@@ -88,9 +95,7 @@ class Operand:
         """Write numpy ``values`` (reshapeable to the operand) into the operand's array when
         ``host()`` gave a copy (cuda); host memory was written in place already."""
         if not self.is_host:
-            values = np.ascontiguousarray(values).reshape(self.shape)
-            if values.dtype != _dt.to_numpy_dtype(self.dtype):  # raw 16-bit words
-                values = values.view(_dt.to_numpy_dtype(self.dtype))
+            values = _in_dtype(np.ascontiguousarray(values).reshape(self.shape), self.dtype)
             self.array[_everything(self.array)] = NDArray(values, device=self.array.device,
                                                           dtype=self.dtype)
 
@@ -103,11 +108,9 @@ class Operand:
         """A new array of the caller's kind (Tensor, NDArray, numpy) and device holding the
         numpy ``values`` (whose bytes are in this operand's dtype)."""
         if isinstance(self.data, np.ndarray):
-            result = values.copy()
+            result = _in_dtype(values, self.dtype).copy()
         else:
-            if values.dtype != _dt.to_numpy_dtype(self.dtype):  # raw 16-bit words
-                values = values.view(_dt.to_numpy_dtype(self.dtype))
-            result = NDArray(values, device=self.data.device, dtype=self.dtype)
+            result = NDArray(_in_dtype(values, self.dtype), device=self.data.device, dtype=self.dtype)
         if isinstance(self.original, Tensor):
             return Tensor.make_const(result)
         return result

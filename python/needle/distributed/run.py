@@ -90,7 +90,12 @@ def main(argv=None):
     cmd = build_command(mpiexec, args.nprocs, target, args.hostfile, _flavour(mpiexec))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    # mpiexec and its ranks get a process group of their own, so that ending them spares
+    # this process; they end with it when it is killed (a signal handler, and on Linux
+    # the parent-death signal for a SIGKILL).
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: (_end(proc), os._exit(128 + signum)))
     try:
         return proc.wait(timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -101,6 +106,15 @@ def main(argv=None):
     except KeyboardInterrupt:
         _end(proc)
         return 130
+
+
+def _die_with_parent():
+    """In the child before exec: receive SIGTERM when the launcher dies (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _end(proc):
