@@ -206,5 +206,43 @@ def main(out):
     dist.barrier()
 
 
+def cuda_main(out, backend):
+    """The cuda checks (run where a GPU is visible): collectives on cuda arrays of every
+    dtype and DDP training on cuda, over NCCL (one GPU per rank) or through host memory."""
+    dist.init(backend)
+    r, dev = dist.rank(), ndl.cuda()
+    saved = {}
+    for dt in DTYPES:
+        x = rank_input(r, dt)
+        for op in ("sum", "max", "min") + (("mean",) if dt.startswith("float") else ()):
+            a = NDArray(x, dtype=dt, device=dev)
+            dist.all_reduce(a, op)
+            saved[f"reduce_{dt}_{op}"] = a.numpy().astype(np.float64)
+        t = ndl.Tensor(x, dtype=dt, device=dev, requires_grad=False)
+        dist.broadcast(t, src=1)
+        saved[f"bcast_{dt}"] = t.numpy().astype(np.float64)
+        gathered = dist.all_gather(NDArray(x, dtype=dt, device=dev))
+        saved[f"gather_{dt}"] = np.stack([g.numpy().astype(np.float64) for g in gathered])
+    X, y = batch()
+    Xh, yh = half_of(r, X, y)
+    model = mlp(seed=r).to(dev)
+    ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.0002)
+    opt = ndl.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(4):
+        opt.reset_grad()
+        nn.SoftmaxLoss()(ddp(ndl.Tensor(Xh, device=dev)), ndl.Tensor(yh, device=dev)).backward()
+        opt.step()
+    for i, p in enumerate(params_of(model)):
+        saved[f"sgd_{i}"] = p
+    from needle.distributed.group import group
+    np.savez(os.path.join(out, f"rank{r}.npz"), **saved)
+    with open(os.path.join(out, f"rank{r}.json"), "w") as f:
+        json.dump({"nccl": group().nccl() is not None}, f)
+    dist.barrier()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) > 2 and sys.argv[2] == "--cuda":
+        cuda_main(sys.argv[1], sys.argv[3])
+    else:
+        main(sys.argv[1])

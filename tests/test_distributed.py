@@ -235,6 +235,40 @@ def test_sampler_shards_under_the_launcher(ranks):
     assert not np.array_equal(ranks[0][0]["sampler_e0"], ranks[0][0]["sampler_e1"])
 
 
+def _gpu_count():
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus")) if ndl.cuda().enabled() else 0
+    except OSError:
+        return 0
+
+
+@needs_mpi
+@pytest.mark.skipif(_gpu_count() == 0, reason="no GPU visible")
+def test_cuda_collectives_and_ddp(tmp_path):
+    """NCCL where every rank has a GPU of its own and NCCL is installed, else MPI through
+    host memory (two ranks may share one GPU)."""
+    from needle.distributed import nccl
+    backend = "nccl" if _gpu_count() >= 2 and nccl.unavailable_reason() is None else "mpi"
+    proc, _ = launch([os.path.join(HERE, "distributed_worker.py"), str(tmp_path), "--cuda", backend])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for r in range(2):
+        saved = dict(np.load(tmp_path / f"rank{r}.npz"))
+        assert json.load(open(tmp_path / f"rank{r}.json"))["nccl"] == (backend == "nccl")
+        for dtype in worker.DTYPES:
+            inputs = [_as(worker.rank_input(q, dtype), dtype) for q in range(2)]
+            for op in ("sum", "max", "min") + (("mean",) if dtype.startswith("float") else ()):
+                got, want = saved[f"reduce_{dtype}_{op}"], _expected_reduce(dtype, op).astype(np.float64)
+                if backend == "nccl" and dtype in ndt.HALF:  # NCCL reduces halves natively
+                    np.testing.assert_allclose(got, want, rtol=1e-2)
+                else:
+                    np.testing.assert_array_equal(got, want, err_msg=f"{dtype} {op}")
+            np.testing.assert_array_equal(saved[f"bcast_{dtype}"], inputs[1].astype(np.float64))
+            np.testing.assert_array_equal(saved[f"gather_{dtype}"], np.stack(inputs).astype(np.float64))
+        reference = _whole_batch_training(lambda ps: ndl.optim.SGD(ps, lr=0.1))
+        for i, want in enumerate(reference):
+            np.testing.assert_allclose(saved[f"sgd_{i}"], want, rtol=1e-4, atol=1e-5)
+
+
 # ----- failures and the trainer -------------------------------------------------
 
 FAILING = """
