@@ -11,6 +11,7 @@ from . import optim
 from .backend_selection import *
 from .serialization import save, load
 from .dlpack import from_dlpack
+from . import amp, profiler
 from . import interop
 from .backend_ndarray.dtypes import DTYPES as dtypes
 # dtype constants, as ``needle.float32``: they are the dtype names.

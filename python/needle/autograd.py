@@ -152,6 +152,8 @@ class Value:
 
     @classmethod
     def make_from_op(cls, op, inputs):
+        if _autocast_hook is not None:  # inside needle.amp.autocast: the inputs this op runs on
+            inputs = _autocast_hook(op, inputs)
         if LAZY_MODE:
             _check_inputs(op, inputs)
             value = cls.__new__(cls)
@@ -311,11 +313,13 @@ class Tensor(TensorMethods, Value):
             raise TypeError(f"backward: out_grad must be a Tensor, got {type(out_grad).__name__}")
         elif out_grad.shape != self.shape:
             raise ValueError(f"backward: out_grad shape {out_grad.shape} does not match tensor shape {self.shape}")
-        if create_graph:
-            compute_gradient_of_variables(self, out_grad)
-        else:
-            with no_grad():
+        prof = needle.profiler.active()
+        with prof.backward_phase() if prof is not None else contextlib.nullcontext():
+            if create_graph:
                 compute_gradient_of_variables(self, out_grad)
+            else:
+                with no_grad():
+                    compute_gradient_of_variables(self, out_grad)
 
     def __repr__(self):
         return "needle.Tensor(" + str(self.realize_cached_data()) + ")"
@@ -503,6 +507,23 @@ from .ops import array_backend as B  # noqa: E402
 
 # Called for every op, every leaf gradient and every gradient edge: bound once.
 _compute, _compact_for_update, _gradient_dtype_differs = B.compute, B.compact_for_update, B.gradient_dtype_differs
+
+# Tools that watch or steer every op swap these in while they are active, so that
+# when they are not, the op path pays nothing for them.
+_autocast_hook = None
+
+
+def set_autocast_hook(hook):
+    """``hook(op, inputs) -> inputs`` for every op (needle.amp.autocast), or None."""
+    global _autocast_hook
+    _autocast_hook = hook
+
+
+def set_compute_hook(wrapper):
+    """``wrapper(compute, op, arrays) -> array`` around every op's compute (the profiler),
+    or None for the plain backend compute."""
+    global _compute
+    _compute = B.compute if wrapper is None else (lambda op, datas: wrapper(B.compute, op, datas))
 
 # gradcheck lives in its own module (it is a tool, not part of the graph) but is
 # reachable as needle.autograd.gradcheck.
