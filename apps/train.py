@@ -27,7 +27,7 @@ import numpy as np
 import needle as ndl
 import needle.distributed as dist
 
-from apps.training import (classification_epoch, empty_history, fit, load_checkpoint,
+from apps.training import (MixedPrecision, classification_epoch, empty_history, fit, load_checkpoint,
                            plot_curves, ptb_epoch, save_checkpoint)
 
 TASKS = ("mnist", "cifar10", "ptb", "digits")
@@ -73,6 +73,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="mixed precision: autocast to bfloat16, or float16 with loss scaling")
     g = p.add_argument_group("mnist")
     g.add_argument("--split", type=int, default=None,
                    help="train on the first N t10k images and test on the rest "
@@ -275,11 +277,12 @@ def run_classification(args, device):
     test_loader = ndl.data.DataLoader(_Shard(test_set, rank, world) if world > 1 else test_set,
                                       args.batch_size, device=device)
     progress = not args.no_progress and rank == 0
+    amp = MixedPrecision(args.amp) if args.amp else None
 
     def train_epoch(epoch, desc):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        return classification_epoch(train_loader, net, opt, desc, progress, flatten)
+        return classification_epoch(train_loader, net, opt, desc, progress, flatten, amp=amp)
 
     def report(tr, te):
         return (f"train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | test loss {te['loss']:.4f} "
@@ -288,7 +291,7 @@ def run_classification(args, device):
     return fit_task(
         args, model, opt,
         train_epoch,
-        lambda desc: classification_epoch(test_loader, model, None, desc, progress, flatten),
+        lambda desc: classification_epoch(test_loader, model, None, desc, progress, flatten, amp=amp),
         "acc", report, f"needle {args.task}")
 
 
@@ -313,6 +316,7 @@ def run_ptb(args, device):
     net = dist.DistributedDataParallel(model) if world > 1 else model
     opt = make_optimizer(args, model.parameters())
     progress, clip = not args.no_progress and rank == 0, args.clip or None
+    amp = MixedPrecision(args.amp) if args.amp else None
 
     def report(tr, te):
         return (f"train loss {tr['loss']:.3f} ppl {tr['ppl']:.1f} | test loss {te['loss']:.3f} "
@@ -320,8 +324,9 @@ def run_ptb(args, device):
 
     return fit_task(
         args, model, opt,
-        lambda epoch, desc: ptb_epoch(train, net, args.seq_len, opt, clip, device, desc, progress),
-        lambda desc: ptb_epoch(test, model, args.seq_len, None, None, device, desc, progress),
+        lambda epoch, desc: ptb_epoch(train, net, args.seq_len, opt, clip, device, desc, progress,
+                                      amp=amp),
+        lambda desc: ptb_epoch(test, model, args.seq_len, None, None, device, desc, progress, amp=amp),
         "ppl", report, f"needle ptb ({args.seq_model})")
 
 
