@@ -144,7 +144,8 @@ def test_exports_match_numpy_backend():
     assert M.__device_name__ == "cuda"
     assert M.__tile_size__ == 4
     for extra in ("memory_stats", "empty_cache", "device_count", "device_name",
-                  "set_matmul_kernel", "get_matmul_kernel", "matmul_kernel_names"):
+                  "set_matmul_kernel", "get_matmul_kernel", "matmul_kernel_names", "matmul_kernel_used",
+                  "device_capability"):
         assert callable(getattr(M, extra))
     for name in ["astype", "ewise_ne", "ewise_lt", "ewise_le", "ewise_gt", "scalar_ne", "scalar_lt", "scalar_le",
                  "scalar_gt"]:
