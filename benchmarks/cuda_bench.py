@@ -7,15 +7,22 @@ bandwidth  ewise_add (12 bytes moved per element) and reduce_sum (4) over 64M fl
            needle's own strided copy `compact` beside it)
 sgemm      square float32 matmul 1024, 2048, 4096, 8192, TFLOP/s, against torch.mm with TF32
            off (needle's matmul is exact float32)
+bf16_matmul, fp16_matmul
+           the same sizes in bfloat16 / float16 with float32 accumulation (needle's tensor-core
+           rungs; torch.mm through cuBLAS with PyTorch's default settings, recorded in info)
 resnet9    one training step (Adam) of apps.models.ResNet9 at batch 128 against its PyTorch
            twin in benchmarks/run.py, eager, TF32 off for matmuls and convolutions
+resnet9_amp
+           the same step with the forward pass under autocast in bfloat16 (needle.amp.autocast
+           against torch.autocast; no loss scaling is needed for bfloat16)
 
 Timing: device work is asynchronous, so a round queues several calls and then waits for the
 device (needle's `synchronize`, `torch.cuda.synchronize`) before the clock is read; the
 contenders alternate round by round after a warm-up, and the median round counts. A training
 step ends by reading its loss, which waits for the device. Inputs are random (never zeros) and
-every result is checked before it is timed: the sgemm output (poisoned with NaN first) against
-a float64 product, ewise_add exactly against PyTorch's, reduce_sum against a float64 sum.
+every result is checked before it is timed: the matmul outputs (poisoned with NaN first)
+against a float64 product of the same stored values, ewise_add exactly against PyTorch's,
+reduce_sum against a float64 sum.
 
 Each benchmark has a time budget (sizes that would overrun it are cut) and the JSON is
 rewritten after each one, so a run stopped from outside keeps what finished. `--device cpu
@@ -40,12 +47,19 @@ for p in (os.path.join(ROOT, "python"), ROOT):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-PARTS = ["bandwidth", "sgemm", "resnet9"]  # cheap first: a slow ResNet9 can be cut last
-BUDGETS = {"bandwidth": 25.0, "sgemm": 60.0, "resnet9": 60.0}
-SIZES = {"full": {"bandwidth": 1 << 26, "sgemm": [1024, 2048, 4096, 8192], "resnet9": 128},
-         "tiny": {"bandwidth": 1 << 16, "sgemm": [32, 64], "resnet9": 4}}
+# cheap first: a slow ResNet9 can be cut last
+PARTS = ["bandwidth", "sgemm", "bf16_matmul", "fp16_matmul", "resnet9", "resnet9_amp"]
+BUDGETS = {"bandwidth": 25.0, "sgemm": 60.0, "bf16_matmul": 40.0, "fp16_matmul": 30.0, "resnet9": 60.0,
+           "resnet9_amp": 60.0}
+MATMUL_SIZES = {"full": [1024, 2048, 4096, 8192], "tiny": [32, 64]}
+SIZES = {"full": {"bandwidth": 1 << 26, "resnet9": 128}, "tiny": {"bandwidth": 1 << 16, "resnet9": 4}}
 ROUND_SECONDS = {"full": 0.02, "tiny": 0.002}  # queued work per timed round
-SGEMM_RTOL = 1e-4  # float32 sums land near 1e-6 here; TF32 (10-bit mantissa) near 3e-4
+# Relative error (in norm) of a matmul against float64 that still counts as right: float32
+# sums land near 1e-6 here, TF32 (10-bit mantissa) near 3e-4; the halves' one rounding of
+# the output near 2e-3 (bfloat16) and 3e-4 (float16).
+MATMUL_RTOL = {"float32": 1e-4, "bfloat16": 1e-2, "float16": 2e-3}
+MATMUL_DTYPES = {"sgemm": "float32", "bf16_matmul": "bfloat16", "fp16_matmul": "float16"}
+AMP_DTYPE = "bfloat16"
 
 
 def sig(x, digits=4):
@@ -86,11 +100,18 @@ class Bench:
         torch.backends.cudnn.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
         self.rng = np.random.default_rng(0)
+        from needle.backend_ndarray.dtypes import to_numpy_dtype
+        self.np_dtype = to_numpy_dtype
 
     def info(self):
         t = self.torch
+        m = t.backends.cuda.matmul
         out = {"needle_device": repr(self.dev), "torch": t.__version__,
-               "torch_settings": {"matmul.allow_tf32": t.backends.cuda.matmul.allow_tf32,
+               "torch_settings": {"matmul.allow_tf32": m.allow_tf32,
+                                  "matmul.allow_bf16_reduced_precision_reduction":
+                                      getattr(m, "allow_bf16_reduced_precision_reduction", None),
+                                  "matmul.allow_fp16_reduced_precision_reduction":
+                                      getattr(m, "allow_fp16_reduced_precision_reduction", None),
                                   "cudnn.allow_tf32": t.backends.cudnn.allow_tf32,
                                   "cudnn.benchmark": t.backends.cudnn.benchmark}}
         if self.tdev.type == "cuda":
@@ -98,12 +119,21 @@ class Bench:
             out["needle_device_name"] = self.mod.device_name()
         if hasattr(self.mod, "get_matmul_kernel"):
             out["needle_matmul_kernel"] = self.mod.matmul_kernel_names()[self.mod.get_matmul_kernel()]
+        if hasattr(self.mod, "device_capability"):
+            out["needle_device_capability"] = list(self.mod.device_capability())
         return out
 
-    def array(self, x):
-        """A needle device buffer holding the float32 numpy array x."""
-        a = self.mod.Array(x.size, "float32")
-        self.mod.from_numpy(np.ascontiguousarray(x, dtype=np.float32).ravel(), a)
+    def kernel_used(self):
+        """The matmul rung the last needle matmul ran (None where the module does not say)."""
+        if not hasattr(self.mod, "matmul_kernel_used"):
+            return None
+        used = self.mod.matmul_kernel_used()
+        return self.mod.matmul_kernel_names()[used] if used >= 0 else None
+
+    def array(self, x, dtype="float32"):
+        """A needle device buffer holding the numpy array x converted to dtype."""
+        a = self.mod.Array(x.size, dtype)
+        self.mod.from_numpy(np.ascontiguousarray(x, dtype=self.np_dtype(dtype)).ravel(), a)
         return a
 
     def numpy(self, a, shape):
@@ -187,53 +217,66 @@ def bench_bandwidth(b, budget):
     }
 
 
-def sgemm_one(b, n, budget):
+def matmul_one(b, n, dtype, budget):
+    """One n x n x n product in dtype: checked against float64, then timed against torch.mm."""
     torch, mod = b.torch, b.mod
     A = b.rng.standard_normal((n, n), dtype=np.float32)
     B = b.rng.standard_normal((n, n), dtype=np.float32)
-    a, bb, c = b.array(A), b.array(B), mod.Array(n * n, "float32")
-    tA, tB = torch.from_numpy(A).to(b.tdev), torch.from_numpy(B).to(b.tdev)
+    a, bb, c = b.array(A, dtype), b.array(B, dtype), mod.Array(n * n, dtype)
+    tdt = getattr(torch, dtype)
+    # float32 -> half rounds to nearest even in numpy (ml_dtypes) and in PyTorch alike, so
+    # both sides multiply the same stored values
+    tA, tB = torch.from_numpy(A).to(b.tdev).to(tdt), torch.from_numpy(B).to(b.tdev).to(tdt)
     tC = torch.empty_like(tA)
 
     mod.fill(c, float("nan"))
     mod.matmul(a, bb, c, n, n, n)
+    kernel = b.kernel_used()
     torch.mm(tA, tB, out=tC)
     ref = tA.double() @ tB.double()
     ref_norm = float(ref.norm())
-    needle_err = float((torch.from_numpy(b.numpy(c, (n, n))).to(b.tdev).double() - ref).norm()) / ref_norm
+    got = torch.from_numpy(b.numpy(c, (n, n)).astype(np.float64)).to(b.tdev)
+    needle_err = float((got - ref).norm()) / ref_norm
     torch_err = float((tC.double() - ref).norm()) / ref_norm
-    del ref
-    if not needle_err <= SGEMM_RTOL:  # NaN (an unwritten element) fails too
-        raise AssertionError(f"sgemm {n}: needle's relative error {needle_err:.2e} against float64 "
-                             f"(limit {SGEMM_RTOL:.0e})")
+    del ref, got
+    if not needle_err <= MATMUL_RTOL[dtype]:  # NaN (an unwritten element) fails too
+        raise AssertionError(f"{dtype} matmul {n}: needle's relative error {needle_err:.2e} against float64 "
+                             f"(limit {MATMUL_RTOL[dtype]:.0e})")
 
     t = b.time_rounds({"needle": (lambda: mod.matmul(a, bb, c, n, n, n), b.nsync),
                        "torch": (lambda: torch.mm(tA, tB, out=tC), b.tsync)}, budget)
     flops = 2.0 * n ** 3
     nt, tt = flops / t["needle"] / 1e12, flops / t["torch"] / 1e12
-    return {"needle_tflops": sig(nt), "torch_tflops": sig(tt), "ratio": sig(nt / tt),
-            "needle_ms": sig(t["needle"] * 1e3), "torch_ms": sig(t["torch"] * 1e3),
-            "needle_rel_err": float(f"{needle_err:.3g}"), "torch_rel_err": float(f"{torch_err:.3g}")}
+    out = {"needle_tflops": sig(nt), "torch_tflops": sig(tt), "ratio": sig(nt / tt),
+           "needle_ms": sig(t["needle"] * 1e3), "torch_ms": sig(t["torch"] * 1e3),
+           "needle_rel_err": float(f"{needle_err:.3g}"), "torch_rel_err": float(f"{torch_err:.3g}")}
+    if kernel is not None:
+        out["needle_kernel"] = kernel
+    return out
 
 
-def bench_sgemm(b, budget, record):
+def bench_matmul(b, budget, record, dtype):
     """Sizes in increasing order; a size whose predicted time (8x the last one's: 8x the
     work) would overrun the budget is recorded as cut."""
     start, last = time.perf_counter(), 0.0
     out = {}
-    for n in SIZES[b.size]["sgemm"]:
+    for n in MATMUL_SIZES[b.size]:
         left = budget - (time.perf_counter() - start)
         if 8 * last > left:
             out[str(n)] = {"status": f"cut: predicted {8 * last:.0f} s, {left:.0f} s of the budget left"}
             continue
         began = time.perf_counter()
-        out[str(n)] = sgemm_one(b, n, min(left * 0.25, 15.0))
+        out[str(n)] = matmul_one(b, n, dtype, min(left * 0.25, 15.0))
         last = time.perf_counter() - began
         record(out)
     return out
 
 
-def bench_resnet9(b, budget):
+def bench_resnet9(b, budget, amp_dtype=None):
+    """One Adam training step; with amp_dtype the forward pass (and the loss) runs under
+    needle.amp.autocast / torch.autocast in that dtype, the master weights stay float32."""
+    import contextlib
+
     ndl, torch = b.ndl, b.torch
     from apps.models import ResNet9
     torch_resnet9 = load_cpu_benchmarks().torch_resnet9
@@ -255,16 +298,25 @@ def bench_resnet9(b, budget):
     tx, ty = torch.from_numpy(X).to(b.tdev), torch.from_numpy(Y.astype(np.int64)).to(b.tdev)
     losses = {"needle": [], "torch": []}
 
+    def n_autocast():
+        return ndl.amp.autocast(dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+    def t_autocast():
+        return torch.autocast(device_type=b.tdev.type, dtype=getattr(torch, amp_dtype)) if amp_dtype \
+            else contextlib.nullcontext()
+
     def n_step():
         opt.reset_grad()
-        loss = loss_fn(model(x), y)
+        with n_autocast():
+            loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
         losses["needle"].append(float(loss.numpy()))  # reading the loss waits for the device
 
     def t_step():
         topt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(tmodel(tx), ty)
+        with t_autocast():
+            loss = torch.nn.functional.cross_entropy(tmodel(tx), ty)
         loss.backward()
         topt.step()
         losses["torch"].append(loss.item())
@@ -273,7 +325,7 @@ def bench_resnet9(b, budget):
                       max_rounds=15)
     if not all(math.isfinite(v) for v in losses["needle"]):
         raise AssertionError(f"resnet9: needle's training loss is not finite: {losses['needle']}")
-    out = {"batch": bs, "needle_ms": sig(t["needle"] * 1e3), "torch_ms": sig(t["torch"] * 1e3),
+    out = {"batch": bs, "autocast": amp_dtype, "needle_ms": sig(t["needle"] * 1e3), "torch_ms": sig(t["torch"] * 1e3),
            "ratio": sig(t["torch"] / t["needle"]), "steps_timed": len(losses["needle"]),
            "needle_loss_first_last": [losses["needle"][0], losses["needle"][-1]],
            "torch_loss_first_last": [losses["torch"][0], losses["torch"][-1]]}
@@ -315,7 +367,8 @@ def main(argv=None):
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=1)
 
-    keys = {"bandwidth": "bandwidth", "sgemm": "sgemm", "resnet9": "resnet9_step"}
+    keys = {"bandwidth": "bandwidth", "sgemm": "sgemm", "bf16_matmul": "bf16_matmul", "fp16_matmul": "fp16_matmul",
+            "resnet9": "resnet9_step", "resnet9_amp": "resnet9_amp_step"}
     ok = True
     for name in [p for p in PARTS if p in only]:
         start = time.perf_counter()
@@ -327,12 +380,12 @@ def main(argv=None):
             save()
 
         try:
-            if name == "sgemm":
-                value = bench_sgemm(b, budgets[name], record)
+            if name in MATMUL_DTYPES:
+                value = bench_matmul(b, budgets[name], record, MATMUL_DTYPES[name])
             elif name == "bandwidth":
                 value = bench_bandwidth(b, budgets[name])
             else:
-                value = bench_resnet9(b, budgets[name])
+                value = bench_resnet9(b, budgets[name], AMP_DTYPE if name == "resnet9_amp" else None)
             result[keys[name]] = value
             status = "ok"
         except Exception as e:  # one benchmark's failure must not hide the others

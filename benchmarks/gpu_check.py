@@ -13,8 +13,9 @@ Without a GPU it prints one line and exits 0 having run nothing. With one, in th
   sanitizer  `compute-sanitizer --tool memcheck` over a short CUDA subset (when installed)
   apps       each app's tiny configuration, one short epoch on cuda(), losses against cpu()
              (benchmarks/app_smoke.py)
-  bench      bandwidth, sgemm 1024-8192 and a ResNet9 training step against PyTorch on the same
-             GPU (benchmarks/cuda_bench.py)
+  bench      bandwidth, float32 / bfloat16 / float16 matmul 1024-8192, and a ResNet9 training step
+             in float32 and under bfloat16 autocast, against PyTorch on the same GPU
+             (benchmarks/cuda_bench.py)
 
 Every part has a time budget and the whole run a deadline (465 s by default, inside the
 8 minutes the check is sized for); a part that would start too late is skipped. The results
@@ -51,9 +52,12 @@ PARTS = ["build", "tests", "sanitizer", "apps", "bench"]
 # Seconds each part may take at most (the deadline may leave less), about twice what it is
 # expected to take on the H200 (16 cores), estimated from this machine's 2 cores: build 70 s
 # (the slowest unit, the CUDA module's bindings, compiles for ~50 s; configure 10 s), tests
-# 60-90 s with 8 pytest-xdist workers, sanitizer 45 s, apps 20 s, bench 35 s: about 4.5 min.
-BUDGETS = {"build": 180.0, "tests": 180.0, "sanitizer": 75.0, "apps": 50.0, "bench": 125.0}
-BENCH_BUDGETS = {"bandwidth": 20.0, "sgemm": 45.0, "resnet9": 45.0}  # inside "bench"; the rest starts it
+# 60-90 s with 8 pytest-xdist workers, sanitizer 45 s, apps 20 s, bench 60 s: about 5 min.
+BUDGETS = {"build": 180.0, "tests": 180.0, "sanitizer": 75.0, "apps": 50.0, "bench": 170.0}
+# inside "bench" (the rest starts it); scaled down together when "bench" gets less
+BENCH_BUDGETS = {"bandwidth": 15.0, "sgemm": 30.0, "bf16_matmul": 25.0, "fp16_matmul": 15.0, "resnet9": 30.0,
+                 "resnet9_amp": 30.0}
+BENCH_KEYS = ("sgemm", "bf16_matmul", "fp16_matmul", "bandwidth", "resnet9_step", "resnet9_amp_step")
 DEADLINE = 465.0
 MIN_PART_SECONDS = 15.0  # a part that would get less is skipped
 
@@ -63,9 +67,11 @@ NO_GPU_CASES = {
     "tests/test_ndarray.py::test_disabled_cuda_explains_itself": "checks what cuda() says when there is no GPU",
 }
 # memcheck slows every launch and instruments each kernel on first use: one dtype of each
-# kernel family in the backend module, every matmul kernel, and convolution through NDArray.
-SANITIZER_TESTS = ["tests/test_cuda_backend.py", "tests/test_conv.py", "-k",
-                   "(test_cuda_backend and (float32 or matmul_kernels)) or (test_conv and cuda)"]
+# kernel family in the backend module, every matmul kernel, the tensor-core rungs on every
+# operand layout (their 16-byte copies stop at the matrix edges), and convolution through NDArray.
+SANITIZER_TESTS = ["tests/test_cuda_backend.py", "tests/test_cuda_tensor_cores.py", "tests/test_conv.py", "-k",
+                   "(test_cuda_backend and (float32 or matmul_kernels)) or (test_conv and cuda) or "
+                   "(test_half_bmm_layouts and bfloat16 and b2x130x72x136)"]
 SANITIZER_EXIT = 86  # compute-sanitizer's exit status when it found errors
 # Run in child processes, so that this one never holds CUDA state.
 TORCH_PROBE = """
@@ -533,7 +539,7 @@ class Check:
             cmd.append("--tiny")
         rc, _, _ = run_logged(self.log, cmd, budget, self.env)
         data = load_json(out)
-        for key in ("sgemm", "bandwidth", "resnet9_step"):
+        for key in BENCH_KEYS:
             self.results[key] = data.get(key, {})
         self.results["bench_info"] = data.get("info", {})
         parts = data.get("parts", {})
@@ -542,7 +548,8 @@ class Check:
                 entry["status"] = "timeout" if rc is None else f"died (exit status {rc})"
         self.results["parts"]["bench"]["benchmarks"] = parts
         bad = [f"{k}: {v['status']}" for k, v in parts.items() if v.get("status") != "ok"]
-        bad += [f"sgemm {n}: {v['status']}" for n, v in self.results["sgemm"].items() if "status" in v]
+        bad += [f"{key} {n}: {v['status']}" for key in ("sgemm", "bf16_matmul", "fp16_matmul")
+                for n, v in self.results[key].items() if "status" in v]
         if rc is None:
             return "timeout" + (f" ({'; '.join(bad)})" if bad else "")
         if bad or rc != 0 or not parts:
@@ -579,9 +586,11 @@ def targets(r):
         "cuda_tests_all_pass": (None if not ct else ct.get("failed", 1) == 0 and ct.get("skipped", 1) == 0
                                 and ct.get("total", 0) > 0, True, True),
         "sgemm_4096_vs_torch": (value("sgemm", "4096", "ratio"), 0.7, 0.9),
+        "bf16_matmul_8192_vs_torch": (value("bf16_matmul", "8192", "ratio"), 0.5, 0.8),
         "ewise_add_vs_copy": (value("bandwidth", "ewise_add", "ratio_vs_copy"), 0.7, None),
         "reduce_sum_vs_copy": (value("bandwidth", "reduce_sum", "ratio_vs_copy"), 0.7, None),
         "resnet9_step_vs_torch": (value("resnet9_step", "ratio"), 0.5, 1.0),
+        "resnet9_amp_step_vs_torch": (value("resnet9_amp_step", "ratio"), 1.0, None),
     }
     out = {}
     for name, (v, target, goal) in rows.items():
@@ -617,19 +626,22 @@ def summary(r, json_path, out_dir):
         lines.append(f"memcheck: {s['errors']} errors over {s['tests_passed']} passing tests")
     if r.get("apps"):
         lines.append("apps: " + ", ".join(f"{k} {v.get('status', '?')[:60]}" for k, v in r["apps"].items()))
-    for n, v in r.get("sgemm", {}).items():
-        if "ratio" in v:
-            lines.append(f"sgemm {n:>5s}: needle {v['needle_tflops']:7.2f} TFLOP/s, torch {v['torch_tflops']:7.2f}, "
-                         f"ratio {v['ratio']:.2f}")
+    for key in ("sgemm", "bf16_matmul", "fp16_matmul"):
+        for n, v in r.get(key, {}).items():
+            if "ratio" in v:
+                lines.append(f"{key} {n:>5s}: needle {v['needle_tflops']:7.2f} TFLOP/s, torch "
+                             f"{v['torch_tflops']:7.2f}, ratio {v['ratio']:.2f}"
+                             + (f" ({v['needle_kernel']})" if v.get("needle_kernel") else ""))
     bw = r.get("bandwidth", {})
     if bw:
         lines.append(f"bandwidth: copy {bw['copy_gbps']} GB/s; ewise_add {bw['ewise_add']['needle_gbps']} GB/s "
                      f"(x{bw['ewise_add']['ratio_vs_copy']} of copy); reduce_sum {bw['reduce_sum']['needle_gbps']} "
                      f"GB/s (x{bw['reduce_sum']['ratio_vs_copy']})")
-    rs = r.get("resnet9_step", {})
-    if rs:
-        lines.append(f"resnet9 step b{rs['batch']}: needle {rs['needle_ms']} ms, torch {rs['torch_ms']} ms, "
-                     f"ratio {rs['ratio']}")
+    for key, what in (("resnet9_step", "resnet9 step"), ("resnet9_amp_step", "resnet9 step, autocast")):
+        rs = r.get(key, {})
+        if rs:
+            lines.append(f"{what} b{rs['batch']}: needle {rs['needle_ms']} ms, torch {rs['torch_ms']} ms, "
+                         f"ratio {rs['ratio']}")
     for name, t in r.get("targets", {}).items():
         lines.append(f"target {name}: {t['value']} (target {t['target']}"
                      + (f", goal {t['goal']}" if t["goal"] not in (None, True) else "") + f") "

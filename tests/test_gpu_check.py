@@ -134,7 +134,8 @@ def test_dry_run_on_cpu_goes_through_every_part(tmp_path):
     for name in ("sanitizer", "apps", "bench"):
         assert parts[name]["status"] == "ok", (name, parts[name])
     assert all(p["seconds"] >= 0 and p["budget_s"] > 0 for p in parts.values())
-    assert set(parts["bench"]["benchmarks"]) == {"bandwidth", "sgemm", "resnet9"}
+    assert set(parts["bench"]["benchmarks"]) == {"bandwidth", "sgemm", "bf16_matmul", "fp16_matmul", "resnet9",
+                                                 "resnet9_amp"}
 
     ct = res["cuda_tests"]
     assert (ct["passed"], ct["failed"], ct["skipped"]) == (2, 1, 1)
@@ -146,18 +147,23 @@ def test_dry_run_on_cpu_goes_through_every_part(tmp_path):
     assert set(res["apps"]) == {"mnist", "ptb_rnn"}
     assert all(a["status"] == "ok" for a in res["apps"].values())
 
-    assert set(res["sgemm"]) == {"32", "64"}
-    for v in res["sgemm"].values():
-        assert v["needle_tflops"] > 0 and v["torch_tflops"] > 0
-        assert v["ratio"] == pytest.approx(v["needle_tflops"] / v["torch_tflops"], rel=0.01, abs=0.002)
-        assert v["needle_rel_err"] < 1e-5
+    for key, limit in (("sgemm", 1e-5), ("bf16_matmul", 1e-2), ("fp16_matmul", 2e-3)):
+        assert set(res[key]) == {"32", "64"}
+        for v in res[key].values():
+            assert v["needle_tflops"] > 0 and v["torch_tflops"] > 0
+            assert v["ratio"] == pytest.approx(v["needle_tflops"] / v["torch_tflops"], rel=0.01, abs=0.002)
+            assert v["needle_rel_err"] < limit
     bw = res["bandwidth"]
     assert bw["copy_gbps"] > 0 and bw["ewise_add"]["needle_gbps"] > 0 and bw["reduce_sum"]["needle_gbps"] > 0
-    step = res["resnet9_step"]
-    assert step["needle_ms"] > 0 and step["torch_ms"] > 0 and step["batch"] == 4
-    assert step["ratio"] == pytest.approx(step["torch_ms"] / step["needle_ms"], rel=0.01)
+    for key, autocast in (("resnet9_step", None), ("resnet9_amp_step", "bfloat16")):
+        step = res[key]
+        assert step["needle_ms"] > 0 and step["torch_ms"] > 0 and step["batch"] == 4
+        assert step["ratio"] == pytest.approx(step["torch_ms"] / step["needle_ms"], rel=0.01)
+        assert step["autocast"] == autocast
     assert res["targets"]["cuda_tests_all_pass"]["met"] is False
     assert res["targets"]["sgemm_4096_vs_torch"]["met"] is None  # not measured at toy sizes
+    assert res["targets"]["bf16_matmul_8192_vs_torch"]["met"] is None
+    assert res["targets"]["resnet9_amp_step_vs_torch"]["value"] == res["resnet9_amp_step"]["ratio"]
     assert res["ok"] is False and res["seconds_total"] > 0
     assert "gpu-check summary: FAILED" in r.stdout and r.stdout.rstrip().endswith(f"(and in {out})")
 
