@@ -6,18 +6,20 @@
 // from that header. Each run multiplies one strided batched problem the way the
 // kernels would and compares every output with a float64 product rounded once.
 //
-//   matmul_tc_emulation DTYPE BATCH M N P  A_SB A_SR A_SC A_OFF A_SIZE  B_SB B_SR B_SC B_OFF B_SIZE
+//   matmul_tc_emulation DTYPE BATCH M N P  A_SB A_SR A_SC A_OFF A_SIZE  B_SB B_SR B_SC B_OFF B_SIZE  [SMS]
 //
-// DTYPE is float16 or bfloat16; A is (batch, m, n) and B (batch, n, p) as in bmm.
-// Prints "rung4 ran" or "rung4 declined" (the operands cannot be staged: the kernel
-// would run rung 3), then "rung3 ran", and exits 0 when every output matched and every
-// check held; otherwise prints what went wrong and exits 1.
+// DTYPE is float16 or bfloat16; A is (batch, m, n) and B (batch, n, p) as in bmm; SMS
+// the multiprocessor count rung 4 sizes its split of k for (default 132, an H200's).
+// Prints "rung4 ran" (with its staging and k split) or "rung4 declined" (the operands
+// cannot be staged: the kernel would run rung 3), then "rung3 ran", and exits 0 when
+// every output matched and every check held; otherwise prints what went wrong and exits 1.
 //
 // Checked besides the values: every global read lies inside its buffer and inside the
 // operand's view (elements outside the view hold NaN), every 16-byte copy and every
 // ldmatrix row is 16-byte aligned, no ldmatrix row reaches into a row's padding,
 // WMMA pointers are 32-byte aligned, the tile raster visits every tile once, every
-// output is written exactly once, and the cp.async pipeline gives the same result
+// output (and split-k partial sum) is written exactly once, every k-tile is summed once,
+// and the cp.async pipeline gives the same result
 // whether a copy lands as soon as it is issued or only at the wait that covers it
 // (so no stage is read before it is complete or overwritten while still in use).
 #include <cmath>
@@ -214,12 +216,23 @@ void check_read(const Operand& op, int64_t g, int count, const char* what) {
 
 // ---- rung 4 --------------------------------------------------------------------------------
 template <bool A_K, bool B_K>
-void emulate_rung4(const Problem& P, bool eager, std::vector<uint16_t>& out, std::vector<int>& writes) {
+void emulate_rung4(const Problem& P, bool eager, int64_t sms, std::vector<uint16_t>& out, std::vector<int>& writes,
+                   int64_t* splits_used) {
   using ATile = OperandTile<A_K, kBM>;
   using BTile = OperandTile<B_K, kBN>;
   const int64_t m = P.m, n = P.n, p = P.p;
   const int64_t row_tiles = cdiv(m, kBM), col_tiles = cdiv(p, kBN), tiles = row_tiles * col_tiles;
-  const int64_t k_tiles = cdiv(n, kBK);
+  const int64_t all_k_tiles = cdiv(n, kBK);
+  // The launcher's split of k (grid y), for the blocks of grid x and z it launches.
+  const int64_t grid_z = P.batch < 65535 ? P.batch : 65535;
+  const int64_t per_split = k_tiles_per_split(tiles * grid_z, all_k_tiles, sms);
+  const int64_t splits = cdiv(all_k_tiles, per_split);
+  *splits_used = splits;
+  EXPECT(per_split >= 1 && (splits == 1 || per_split >= kMinSplitKTiles), "%lld k-tiles per range",
+         (long long)per_split);
+  const int64_t total = P.batch * m * p;
+  std::vector<float> partial(splits > 1 ? splits * total : 0, NAN);
+  std::vector<int> partial_writes(partial.size(), 0);
   std::vector<int> visits(tiles, 0);
 
   for (int64_t bz = 0; bz < P.batch; ++bz) {
@@ -231,117 +244,144 @@ void emulate_rung4(const Problem& P, bool eager, std::vector<uint16_t>& out, std
              (long long)tm, (long long)tn);
       if (bz == 0 && tm >= 0 && tm < row_tiles && tn >= 0 && tn < col_tiles) visits[tm * col_tiles + tn]++;
       const int64_t m0 = tm * kBM, n0 = tn * kBN;
-      Smem As(kStages * ATile::kElems), Bs(kStages * BTile::kElems);
-      AsyncCopies copies{eager, {}, {}};
+      std::vector<int> k_visits(all_k_tiles, 0);
+      for (int64_t split = 0; split < splits; ++split) {
+        // The kernel's range of k-tiles for block row `split`.
+        const int64_t kt_begin = split * per_split;
+        const int64_t kt_end = kt_begin + per_split < all_k_tiles ? kt_begin + per_split : all_k_tiles;
+        const int64_t k_tiles = kt_end - kt_begin;
+        EXPECT(k_tiles >= 1, "split %lld has no k-tiles", (long long)split);
+        for (int64_t kt = kt_begin; kt < kt_end; ++kt) k_visits[kt]++;
+        Smem As(kStages * ATile::kElems), Bs(kStages * BTile::kElems);
+        AsyncCopies copies{eager, {}, {}};
 
-      auto issue = [&](const Operand& op, int64_t base, Smem& sm, int stage_elems, int s, int r, int c, int cols,
-                       ChunkSrc src, const char* what) {
-        const int64_t so = int64_t(s) * stage_elems + r * (cols + kPad) + c;
-        EXPECT(c + kChunk <= cols, "%s: chunk at column %d spills into the padding", what, c);
-        EXPECT(so * 2 % 16 == 0, "%s: shared destination %lld not 16-byte aligned", what, (long long)so);
-        const int64_t g = base + src.offset;
-        if (src.valid > 0) {
-          check_read(op, g, src.valid, what);
-          EXPECT(g * 2 % 16 == 0, "%s: global source element %lld not 16-byte aligned", what, (long long)g);
-        }
-        copies.issue(Copy{&sm.h[so], src.valid > 0 ? &op.buf.data[g] : nullptr, src.valid});
-      };
-      auto load_stage = [&](int64_t kt, int s) {
-        const int64_t k0 = kt * kBK;
-        for (int tid = 0; tid < kMmaThreads; ++tid) {
-          for (int i = 0; i < ATile::kChunks / kMmaThreads; ++i) {
-            int r, c;
-            ATile::chunk(tid + i * kMmaThreads, &r, &c);
-            issue(P.A, a_base, As, ATile::kElems, s, r, c, ATile::kCols,
-                  chunk_source<A_K>(r, c, m0, k0, m, n, P.A.sr, P.A.sc), "A chunk");
+        auto issue = [&](const Operand& op, int64_t base, Smem& sm, int stage_elems, int s, int r, int c, int cols,
+                         ChunkSrc src, const char* what) {
+          const int64_t so = int64_t(s) * stage_elems + r * (cols + kPad) + c;
+          EXPECT(c + kChunk <= cols, "%s: chunk at column %d spills into the padding", what, c);
+          EXPECT(so * 2 % 16 == 0, "%s: shared destination %lld not 16-byte aligned", what, (long long)so);
+          const int64_t g = base + src.offset;
+          if (src.valid > 0) {
+            check_read(op, g, src.valid, what);
+            EXPECT(g * 2 % 16 == 0, "%s: global source element %lld not 16-byte aligned", what, (long long)g);
           }
-          for (int i = 0; i < BTile::kChunks / kMmaThreads; ++i) {
-            int r, c;
-            BTile::chunk(tid + i * kMmaThreads, &r, &c);
-            issue(P.B, b_base, Bs, BTile::kElems, s, r, c, BTile::kCols,
-                  chunk_source<B_K>(r, c, n0, k0, p, n, P.B.sc, P.B.sr), "B chunk");
+          copies.issue(Copy{&sm.h[so], src.valid > 0 ? &op.buf.data[g] : nullptr, src.valid});
+        };
+        auto load_stage = [&](int64_t kt, int s) {
+          const int64_t k0 = (kt_begin + kt) * kBK;
+          for (int tid = 0; tid < kMmaThreads; ++tid) {
+            for (int i = 0; i < ATile::kChunks / kMmaThreads; ++i) {
+              int r, c;
+              ATile::chunk(tid + i * kMmaThreads, &r, &c);
+              issue(P.A, a_base, As, ATile::kElems, s, r, c, ATile::kCols,
+                    chunk_source<A_K>(r, c, m0, k0, m, n, P.A.sr, P.A.sc), "A chunk");
+            }
+            for (int i = 0; i < BTile::kChunks / kMmaThreads; ++i) {
+              int r, c;
+              BTile::chunk(tid + i * kMmaThreads, &r, &c);
+              issue(P.B, b_base, Bs, BTile::kElems, s, r, c, BTile::kCols,
+                    chunk_source<B_K>(r, c, n0, k0, p, n, P.B.sc, P.B.sr), "B chunk");
+            }
           }
-        }
-      };
+        };
 
-      static float acc[4][kFragsM][kFragsN][32][4];
-      std::memset(acc, 0, sizeof(acc));
-      // The kernel's schedule, step for step.
-      for (int s = 0; s < kStages - 1; ++s) {
-        if (s < k_tiles) load_stage(s, s);
-        copies.commit();
-      }
-      int read_stage = 0, write_stage = kStages - 1;
-      for (int64_t kt = 0; kt < k_tiles; ++kt) {
-        copies.wait(kStages - 2);
-        if (kt + kStages - 1 < k_tiles) load_stage(kt + kStages - 1, write_stage);
-        copies.commit();
-        for (int warp = 0; warp < 4; ++warp) {
-          const int wm = warp_m(warp), wn = warp_n(warp);
-          for (int kk = 0; kk < kBK; kk += kMmaK) {
-            uint32_t fa[kFragsM][32][4], fb[kFragsN][32][2];
-            for (int mi = 0; mi < kFragsM; ++mi) {
-              int64_t addr[32];
-              for (int lane = 0; lane < 32; ++lane) {
-                int r, c;
-                a_lane_coords<A_K>(lane, wm, mi, kk, &r, &c);
-                EXPECT(r >= 0 && r < ATile::kRows && c >= 0 && c + 8 <= ATile::kCols, "A ldmatrix row (%d, %d)", r, c);
-                addr[lane] = int64_t(read_stage) * ATile::kElems + ATile::offset(r, c);
-                EXPECT(addr[lane] * 2 % 16 == 0, "A ldmatrix row address not 16-byte aligned");
-              }
-              ldmatrix_x4(As, addr, !A_K, fa[mi]);
-            }
-            for (int j = 0; j < kFragsN / 2; ++j) {
-              int64_t addr[32];
-              for (int lane = 0; lane < 32; ++lane) {
-                int r, c;
-                b_lane_coords<B_K>(lane, wn, j, kk, &r, &c);
-                EXPECT(r >= 0 && r < BTile::kRows && c >= 0 && c + 8 <= BTile::kCols, "B ldmatrix row (%d, %d)", r, c);
-                addr[lane] = int64_t(read_stage) * BTile::kElems + BTile::offset(r, c);
-                EXPECT(addr[lane] * 2 % 16 == 0, "B ldmatrix row address not 16-byte aligned");
-              }
-              uint32_t q[32][4];
-              ldmatrix_x4(Bs, addr, !B_K, q);
-              for (int lane = 0; lane < 32; ++lane) {
-                fb[2 * j][lane][0] = q[lane][0];
-                fb[2 * j][lane][1] = q[lane][1];
-                fb[2 * j + 1][lane][0] = q[lane][2];
-                fb[2 * j + 1][lane][1] = q[lane][3];
-              }
-            }
-            for (int mi = 0; mi < kFragsM; ++mi)
-              for (int ni = 0; ni < kFragsN; ++ni) mma_16816(acc[warp][mi][ni], fa[mi], fb[ni]);
-          }
+        static float acc[4][kFragsM][kFragsN][32][4];
+        std::memset(acc, 0, sizeof(acc));
+        // The kernel's schedule, step for step.
+        for (int s = 0; s < kStages - 1; ++s) {
+          if (s < k_tiles) load_stage(s, s);
+          copies.commit();
         }
-        read_stage = read_stage + 1 == kStages ? 0 : read_stage + 1;
-        write_stage = write_stage + 1 == kStages ? 0 : write_stage + 1;
-      }
-      copies.wait(0);
-      // The kernel's epilogue.
-      for (int warp = 0; warp < 4; ++warp) {
-        const int wm = warp_m(warp), wn = warp_n(warp);
-        for (int lane = 0; lane < 32; ++lane)
-          for (int mi = 0; mi < kFragsM; ++mi)
-            for (int ni = 0; ni < kFragsN; ++ni)
-              for (int h = 0; h < 2; ++h) {
-                const int64_t row = m0 + acc_row(lane, wm, mi, 2 * h);
-                const int64_t col = n0 + acc_col(lane, wn, ni, 2 * h);
-                EXPECT(acc_row(lane, wm, mi, 2 * h + 1) == acc_row(lane, wm, mi, 2 * h) &&
-                           acc_col(lane, wn, ni, 2 * h + 1) == acc_col(lane, wn, ni, 2 * h) + 1,
-                       "accumulator pair (%d, %d) is not two neighbouring outputs", 2 * h, 2 * h + 1);
-                if (row >= m || col >= p) continue;
-                const int64_t o = (bz * m + row) * p + col;
-                out[o] = round_bits(acc[warp][mi][ni][lane][2 * h]);
-                writes[o]++;
-                if (col + 1 < p) {
-                  out[o + 1] = round_bits(acc[warp][mi][ni][lane][2 * h + 1]);
-                  writes[o + 1]++;
+        int read_stage = 0, write_stage = kStages - 1;
+        for (int64_t kt = 0; kt < k_tiles; ++kt) {
+          copies.wait(kStages - 2);
+          if (kt + kStages - 1 < k_tiles) load_stage(kt + kStages - 1, write_stage);
+          copies.commit();
+          for (int warp = 0; warp < 4; ++warp) {
+            const int wm = warp_m(warp), wn = warp_n(warp);
+            for (int kk = 0; kk < kBK; kk += kMmaK) {
+              uint32_t fa[kFragsM][32][4], fb[kFragsN][32][2];
+              for (int mi = 0; mi < kFragsM; ++mi) {
+                int64_t addr[32];
+                for (int lane = 0; lane < 32; ++lane) {
+                  int r, c;
+                  a_lane_coords<A_K>(lane, wm, mi, kk, &r, &c);
+                  EXPECT(r >= 0 && r < ATile::kRows && c >= 0 && c + 8 <= ATile::kCols, "A ldmatrix row (%d, %d)",
+                         r, c);
+                  addr[lane] = int64_t(read_stage) * ATile::kElems + ATile::offset(r, c);
+                  EXPECT(addr[lane] * 2 % 16 == 0, "A ldmatrix row address not 16-byte aligned");
+                }
+                ldmatrix_x4(As, addr, !A_K, fa[mi]);
+              }
+              for (int j = 0; j < kFragsN / 2; ++j) {
+                int64_t addr[32];
+                for (int lane = 0; lane < 32; ++lane) {
+                  int r, c;
+                  b_lane_coords<B_K>(lane, wn, j, kk, &r, &c);
+                  EXPECT(r >= 0 && r < BTile::kRows && c >= 0 && c + 8 <= BTile::kCols, "B ldmatrix row (%d, %d)",
+                         r, c);
+                  addr[lane] = int64_t(read_stage) * BTile::kElems + BTile::offset(r, c);
+                  EXPECT(addr[lane] * 2 % 16 == 0, "B ldmatrix row address not 16-byte aligned");
+                }
+                uint32_t q[32][4];
+                ldmatrix_x4(Bs, addr, !B_K, q);
+                for (int lane = 0; lane < 32; ++lane) {
+                  fb[2 * j][lane][0] = q[lane][0];
+                  fb[2 * j][lane][1] = q[lane][1];
+                  fb[2 * j + 1][lane][0] = q[lane][2];
+                  fb[2 * j + 1][lane][1] = q[lane][3];
                 }
               }
+              for (int mi = 0; mi < kFragsM; ++mi)
+                for (int ni = 0; ni < kFragsN; ++ni) mma_16816(acc[warp][mi][ni], fa[mi], fb[ni]);
+            }
+          }
+          read_stage = read_stage + 1 == kStages ? 0 : read_stage + 1;
+          write_stage = write_stage + 1 == kStages ? 0 : write_stage + 1;
+        }
+        copies.wait(0);
+        // The kernel's epilogue.
+        for (int warp = 0; warp < 4; ++warp) {
+          const int wm = warp_m(warp), wn = warp_n(warp);
+          for (int lane = 0; lane < 32; ++lane)
+            for (int mi = 0; mi < kFragsM; ++mi)
+              for (int ni = 0; ni < kFragsN; ++ni)
+                for (int h = 0; h < 2; ++h) {
+                  const int64_t row = m0 + acc_row(lane, wm, mi, 2 * h);
+                  const int64_t col = n0 + acc_col(lane, wn, ni, 2 * h);
+                  EXPECT(acc_row(lane, wm, mi, 2 * h + 1) == acc_row(lane, wm, mi, 2 * h) &&
+                             acc_col(lane, wn, ni, 2 * h + 1) == acc_col(lane, wn, ni, 2 * h) + 1,
+                         "accumulator pair (%d, %d) is not two neighbouring outputs", 2 * h, 2 * h + 1);
+                  if (row >= m || col >= p) continue;
+                  const int64_t o = (bz * m + row) * p + col;
+                  for (int e = 0; e < 2 && col + e < p; ++e) {
+                    const float v = acc[warp][mi][ni][lane][2 * h + e];
+                    if (splits > 1) {  // the partial sums of range `split`
+                      partial[split * total + o + e] = v;
+                      partial_writes[split * total + o + e]++;
+                    } else {
+                      out[o + e] = round_bits(v);
+                      writes[o + e]++;
+                    }
+                  }
+                }
+        }
       }
+      for (int64_t kt = 0; kt < all_k_tiles; ++kt)
+        EXPECT(k_visits[kt] == 1, "k-tile %lld summed %d times", (long long)kt, k_visits[kt]);
     }
   }
   for (int64_t i = 0; i < tiles; ++i) EXPECT(visits[i] == 1, "tile %lld visited %d times", (long long)i, visits[i]);
+  if (splits > 1) {  // sum_partials: the ranges in order, one rounding
+    for (size_t i = 0; i < partial_writes.size(); ++i)
+      EXPECT(partial_writes[i] == 1, "partial sum %zu written %d times", i, partial_writes[i]);
+    for (int64_t i = 0; i < total; ++i) {
+      float s = 0.f;
+      for (int64_t r = 0; r < splits; ++r) s += partial[r * total + i];
+      out[i] = round_bits(s);
+      writes[i]++;
+    }
+  }
 }
 
 // ---- rung 3 --------------------------------------------------------------------------------
@@ -430,10 +470,11 @@ int64_t arg(char** argv, int i) { return std::strtoll(argv[i], nullptr, 10); }
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 16) {
-    std::printf("usage: %s DTYPE BATCH M N P A_SB A_SR A_SC A_OFF A_SIZE B_SB B_SR B_SC B_OFF B_SIZE\n", argv[0]);
+  if (argc != 16 && argc != 17) {
+    std::printf("usage: %s DTYPE BATCH M N P A_SB A_SR A_SC A_OFF A_SIZE B_SB B_SR B_SC B_OFF B_SIZE [SMS]\n", argv[0]);
     return 2;
   }
+  const int64_t sms = argc == 17 ? arg(argv, 16) : 132;
   g_bf16 = std::string(argv[1]) == "bfloat16";
   if (!g_bf16 && std::string(argv[1]) != "float16") {
     std::printf("dtype must be float16 or bfloat16\n");
@@ -460,17 +501,18 @@ int main(int argc, char** argv) {
   const Staging a = operand_staging(uintptr_t(P.A.off * 2), P.A.sb, P.A.sr, P.A.sc, P.batch, P.m, P.n);
   const Staging b = operand_staging(uintptr_t(P.B.off * 2), P.B.sb, P.B.sc, P.B.sr, P.batch, P.p, P.n);
   if (a.ok && b.ok) {
+    int64_t splits = 0;
     for (bool eager : {false, true}) {
       std::vector<uint16_t> out(total, kPoison);
       std::vector<int> writes(total, 0);
-      if (a.k_contig && b.k_contig) emulate_rung4<true, true>(P, eager, out, writes);
-      else if (a.k_contig) emulate_rung4<true, false>(P, eager, out, writes);
-      else if (b.k_contig) emulate_rung4<false, true>(P, eager, out, writes);
-      else emulate_rung4<false, false>(P, eager, out, writes);
+      if (a.k_contig && b.k_contig) emulate_rung4<true, true>(P, eager, sms, out, writes, &splits);
+      else if (a.k_contig) emulate_rung4<true, false>(P, eager, sms, out, writes, &splits);
+      else if (b.k_contig) emulate_rung4<false, true>(P, eager, sms, out, writes, &splits);
+      else emulate_rung4<false, false>(P, eager, sms, out, writes, &splits);
       check_output(P, out, writes, eager ? "rung 4 (copies land at issue)" : "rung 4 (copies land at the wait)");
     }
-    std::printf("rung4 ran (A staged %s, B staged %s)\n", a.k_contig ? "[m][k]" : "[k][m]",
-                b.k_contig ? "[n][k]" : "[k][n]");
+    std::printf("rung4 ran (A staged %s, B staged %s) in %lld k-range%s\n", a.k_contig ? "[m][k]" : "[k][m]",
+                b.k_contig ? "[n][k]" : "[k][n]", (long long)splits, splits == 1 ? "" : "s");
   } else {
     std::printf("rung4 declined\n");
   }

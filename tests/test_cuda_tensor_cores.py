@@ -60,8 +60,8 @@ def device_buffer(values, dt):
 
 def view(buf, batch, rows, cols, st, off):
     sb, sr, sc = st
-    b, r, c = np.meshgrid(np.arange(batch), np.arange(rows), np.arange(cols), indexing="ij")
-    return buf[off + b * sb + r * sr + c * sc]
+    idx = off + np.arange(batch)[:, None, None] * sb + np.arange(rows)[:, None] * sr + np.arange(cols) * sc
+    return buf[idx]
 
 
 def assert_half_product(got, av, bv, dt):
@@ -143,6 +143,18 @@ def test_half_bmm_layouts(kernel_selector, kernel, a_kind, b_kind, batch, m, n, 
     kernel_selector(kernel)
     got, av, bv, ok = run_bmm(dt, batch, m, n, p, a_kind, b_kind)
     assert M.matmul_kernel_used() == expected_rung(kernel, dt, ok)
+    assert_half_product(got, av, bv, dt)
+
+
+@needs_gpu
+@pytest.mark.parametrize("batch,m,n,p", [(1, 64, 4096, 48), (3, 130, 2000, 40), (1, 576, 16384, 64)])
+@pytest.mark.parametrize("dt", HALVES)
+def test_half_matmul_split_k(kernel_selector, batch, m, n, p, dt):
+    # few output tiles over a long k (a weight gradient's shape): rung 4 splits k over
+    # several blocks and adds their float32 partial sums in a second pass
+    kernel_selector(4)
+    got, av, bv, ok = run_bmm(dt, batch, m, n, p, "compact", "compact")
+    assert ok and M.matmul_kernel_used() == expected_rung(4, dt)
     assert_half_product(got, av, bv, dt)
 
 

@@ -33,7 +33,8 @@ def emulator(tmp_path_factory):
 
 
 SHAPES = [(1, 1, 1, 1), (1, 7, 13, 5), (2, 130, 72, 136), (3, 67, 45, 131), (1, 129, 200, 257),
-          (2, 17, 1, 9), (1, 1, 40, 1), (1, 1157, 8, 136)]
+          (2, 17, 1, 9), (1, 1, 40, 1), (1, 1, 45, 16), (1, 1157, 8, 136),
+          (1, 130, 1000, 136), (2, 67, 600, 40)]  # the last two split k (too few tiles for the chip)
 KINDS = [("compact", "compact"), ("transposed", "compact"), ("compact", "transposed"),
          ("transposed", "transposed"), ("pitched", "pitched"), ("pitched", "pitched_transposed"),
          ("pitched_transposed", "pitched"), ("pitched_transposed", "pitched_transposed"),
@@ -70,8 +71,19 @@ def test_every_staging_of_rung4_is_emulated(emulator):
             rc, out = run(emulator, "bfloat16", 2, 130, 72, 136, a_kind, b_kind)
             assert rc == 0, out[-3000:]
             seen.add(out.splitlines()[0])
-    assert seen == {f"rung4 ran (A staged {a}, B staged {b})" for a in ("[m][k]", "[k][m]")
+    assert seen == {f"rung4 ran (A staged {a}, B staged {b}) in 1 k-range" for a in ("[m][k]", "[k][m]")
                     for b in ("[n][k]", "[k][n]")}
+
+
+@pytest.mark.parametrize("sms,ranges", [(132, 4), (16, 4), (2, 1)])
+def test_split_k_is_emulated(emulator, sms, ranges):
+    # 4 output tiles, 32 k-tiles of 32: the launcher wants two blocks per multiprocessor,
+    # in ranges of at least 8 k-tiles, so at most 4 ranges, and none once the tiles fill the chip
+    a, b = layout("compact", 1, 130, 1000), layout("compact", 1, 1000, 136)
+    r = subprocess.run([emulator, "bfloat16", "1", "130", "1000", "136"] + [str(v) for v in a + b] + [str(sms)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert f"in {ranges} k-range" in r.stdout.splitlines()[0]
 
 
 def test_emulator_refuses_views_outside_their_buffer(emulator):

@@ -6,8 +6,9 @@
 //     memory by plain bounds-checked loads, so any strides and sizes work;
 //   4 mma.sync m16n8k16: 128x128 block tiles (64x64 per warp), fragments read with
 //     ldmatrix, operands copied by 16-byte cp.async into a 4-stage ring so the copies
-//     of later k-steps overlap the products of this one. It needs each operand's
-//     unit stride along k or along its other dimension and 16-byte aligned rows; other
+//     of later k-steps overlap the products of this one; k split over several blocks
+//     when there are too few tiles to fill the chip. It needs each operand's unit
+//     stride along k or along its other dimension and 16-byte aligned rows; other
 //     operands run rung 3 (launch_matmul_mma returns false).
 // The index math (tiles, chunks, fragment coordinates) lives in matmul_tc_layout.cuh,
 // where tests/matmul_tc_emulation.cc checks it without a GPU.
@@ -115,7 +116,7 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 // a_along_k / b_along_n: which way consecutive threads walk their operand (its unit
 // stride, when it has one), so that global loads coalesce.
 template <typename T>
-__global__ void __launch_bounds__(kWThreads)
+__global__ void __launch_bounds__(kWThreads, 4)  // 4 resident blocks: 108 KB of shared memory
     matmul_wmma_kernel(MatView<T> A, MatView<T> B, T* out, int64_t batch, int64_t m, int64_t n, int64_t p,
                        bool a_along_k, bool b_along_n) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -193,10 +194,13 @@ __global__ void __launch_bounds__(kWThreads)
 // Same operands as rung 3, each stageable (operand_staging): A_K / B_K say whether
 // A / B is staged [outer][k] (unit stride along k) or [k][outer]. out_pairs: two
 // neighbouring outputs may be written as one 32-bit store (p even, out 4-byte aligned).
+// Split-k: block row blockIdx.y takes k-tiles [y * kt_per_split, (y + 1) * kt_per_split)
+// and, when `partial` is set, writes its float32 sums to partial[y] (batch, m, p) for
+// sum_partials to add; with one range (gridDim.y == 1) partial is null and out is written.
 template <typename T, bool A_K, bool B_K>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     matmul_mma_kernel(MatView<T> A, MatView<T> B, T* out, int64_t batch, int64_t m, int64_t n, int64_t p,
-                      bool out_pairs) {
+                      bool out_pairs, int64_t kt_per_split, float* partial) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using ATile = OperandTile<A_K, kBM>;
   using BTile = OperandTile<B_K, kBN>;
@@ -207,7 +211,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const int wm = warp_m(warp), wn = warp_n(warp);
   const int64_t row_tiles = cdiv(m, kBM), col_tiles = cdiv(p, kBN);
   const int64_t tiles = row_tiles * col_tiles;
-  const int64_t k_tiles = cdiv(n, kBK);
+  const int64_t kt_begin = static_cast<int64_t>(blockIdx.y) * kt_per_split;
+  const int64_t kt_end = kt_begin + kt_per_split < cdiv(n, kBK) ? kt_begin + kt_per_split : cdiv(n, kBK);
+  const int64_t k_tiles = kt_end - kt_begin;  // this block's k-tiles, >= 1
 
   for (int64_t bz = blockIdx.z; bz < batch; bz += gridDim.z) {
     const T* Ab = A.ptr + bz * A.sb;
@@ -217,9 +223,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       tile_coords(t, row_tiles, col_tiles, &tm, &tn);
       const int64_t m0 = tm * kBM, n0 = tn * kBN;
 
-      // Queues the copies of k-tile kt into ring stage s (this thread's chunks).
+      // Queues the copies of this block's k-tile kt into ring stage s (this thread's chunks).
       auto load_stage = [&](int64_t kt, int s) {
-        const int64_t k0 = kt * kBK;
+        const int64_t k0 = (kt_begin + kt) * kBK;
         uint16_t* as = As + s * ATile::kElems;
         uint16_t* bs = Bs + s * BTile::kElems;
 #pragma unroll
@@ -296,6 +302,23 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       }
 
       // Epilogue: registers 2h, 2h+1 of each mma tile are two neighbouring outputs.
+      if (partial != nullptr) {
+        float* P = partial + (static_cast<int64_t>(blockIdx.y) * batch + bz) * m * p;
+#pragma unroll
+        for (int mi = 0; mi < kFragsM; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < kFragsN; ++ni)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int64_t row = m0 + acc_row(lane, wm, mi, 2 * h);
+              const int64_t col = n0 + acc_col(lane, wn, ni, 2 * h);
+              if (row >= m || col >= p) continue;
+              P[row * p + col] = acc[mi][ni][2 * h];
+              if (col + 1 < p) P[row * p + col + 1] = acc[mi][ni][2 * h + 1];
+            }
+        __syncthreads();  // as below: the ring is refilled only after every warp is done
+        continue;
+      }
       T* C = out + bz * m * p;
 #pragma unroll
       for (int mi = 0; mi < kFragsM; ++mi)
@@ -328,6 +351,17 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 #endif
 }
 
+// out[i] = the float32 partial sums of split-k's `splits` ranges, added in range order
+// and rounded once: partial is (splits, total) compact, out (total,) compact.
+template <typename T>
+__global__ void sum_partials_kernel(const float* partial, T* out, int64_t total, int64_t splits) {
+  for (int64_t i = grid_tid(); i < total; i += grid_stride()) {
+    float s = 0.f;
+    for (int64_t r = 0; r < splits; ++r) s += partial[r * total + i];
+    out[i].bits = round_bits<T>(s);
+  }
+}
+
 constexpr int kMaxTrackedDevices = 64;
 
 // Rung 4's dynamic shared memory (over the default 48 KB) is granted per kernel and
@@ -356,11 +390,24 @@ void launch_mma(const MatView<T>& A, const MatView<T>& B, T* out, int64_t batch,
   auto kernel = matmul_mma_kernel<T, A_K, B_K>;
   allow_smem(kernel, smem, smem_granted);
   const int64_t tiles = cdiv(m, kBM) * cdiv(p, kBN);
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(tiles, INT_MAX)), 1,
-                  static_cast<unsigned>(std::min<int64_t>(batch, 65535)));
+  const int64_t grid_z = std::min<int64_t>(batch, 65535);
+  const int64_t k_tiles = cdiv(n, kBK);
+  const int64_t per_split = k_tiles_per_split(std::min<int64_t>(tiles, INT_MAX) * grid_z, k_tiles, sm_count());
+  const int64_t splits = cdiv(k_tiles, per_split);
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(tiles, INT_MAX)), static_cast<unsigned>(splits),
+                  static_cast<unsigned>(grid_z));
   const bool out_pairs = p % 2 == 0 && reinterpret_cast<uintptr_t>(out) % 4 == 0;
-  kernel<<<grid, kMmaThreads, smem>>>(A, B, out, batch, m, n, p, out_pairs);
+  if (splits == 1) {
+    kernel<<<grid, kMmaThreads, smem>>>(A, B, out, batch, m, n, p, out_pairs, per_split, nullptr);
+    CHECK_LAUNCH("matmul_mma_kernel");
+    return;
+  }
+  const int64_t total = batch * m * p;
+  Scratch<float> partial(splits * total);
+  kernel<<<grid, kMmaThreads, smem>>>(A, B, out, batch, m, n, p, out_pairs, per_split, partial.get());
   CHECK_LAUNCH("matmul_mma_kernel");
+  sum_partials_kernel<T><<<grid_for(total), kThreads>>>(partial.get(), out, total, splits);
+  CHECK_LAUNCH("sum_partials_kernel");
 }
 
 }  // namespace

@@ -137,8 +137,12 @@ NEEDLE_HD void b_lane_coords(int lane, int wn, int j, int kk, int* r, int* c) {
 // The block-tile (row, column) of accumulator register `reg` (0..3) of mma tile
 // (mi, ni) held by `lane`: registers 0, 1 are two neighbouring columns of row
 // lane/4, registers 2, 3 the same columns 8 rows down.
-NEEDLE_HD int acc_row(int lane, int wm, int mi, int reg) { return wm * kWM + mi * kMmaM + (lane >> 2) + (reg >> 1) * 8; }
-NEEDLE_HD int acc_col(int lane, int wn, int ni, int reg) { return wn * kWN + ni * kMmaN + (lane & 3) * 2 + (reg & 1); }
+NEEDLE_HD int acc_row(int lane, int wm, int mi, int reg) {
+  return wm * kWM + mi * kMmaM + (lane >> 2) + (reg >> 1) * 8;
+}
+NEEDLE_HD int acc_col(int lane, int wn, int ni, int reg) {
+  return wn * kWN + ni * kMmaN + (lane & 3) * 2 + (reg & 1);
+}
 
 // Output tile t -> (row tile, column tile). Tiles are walked in groups of kGroupM row
 // tiles, down each group's columns first, so the blocks resident at one time share
@@ -151,6 +155,27 @@ NEEDLE_HD void tile_coords(int64_t t, int64_t row_tiles, int64_t col_tiles, int6
   const int64_t in_group = t % per_group;
   *tm = first + in_group % rows;
   *tn = in_group / rows;
+}
+
+// Split-k. A product with few output tiles and a long k (a weight gradient: 576 x 64
+// outputs summed over batch * height * width = 131072 terms) would leave most of the chip
+// idle, one block walking all of k. Rung 4 then splits k into `splits` ranges of whole
+// k-tiles, one block per (tile, range), each writing float32 partial sums; a second pass
+// adds the ranges in a fixed order (deterministic) and rounds once to the output dtype.
+// Enough blocks to fill the chip twice over (two resident per SM), each range at least
+// kMinSplitKTiles k-tiles long so the partials stay cheap next to the products.
+constexpr int kMinSplitKTiles = 8;
+constexpr int kMaxSplits = 64;
+
+// k-tiles per range (the last range may be shorter); splits = cdiv(k_tiles, this).
+NEEDLE_HD int64_t k_tiles_per_split(int64_t blocks, int64_t k_tiles, int64_t sms) {
+  const int64_t want = 2 * sms;
+  if (blocks >= want || k_tiles < 2 * kMinSplitKTiles) return k_tiles;
+  int64_t splits = cdiv(want, blocks);
+  const int64_t most = k_tiles / kMinSplitKTiles;
+  if (splits > most) splits = most;
+  if (splits > kMaxSplits) splits = kMaxSplits;
+  return cdiv(k_tiles, splits);
 }
 
 // Which staging an operand can take on rung 4: the element at stride 1 (k or outer)
@@ -193,7 +218,9 @@ NEEDLE_HD int wmma_warp_m(int warp) { return warp % 2; }
 NEEDLE_HD int wmma_warp_n(int warp) { return warp / 2; }
 NEEDLE_HD int wmma_a_offset(int wm, int i, int kk) { return (wm * 32 + i * kWFrag) * kWAStride + kk; }
 NEEDLE_HD int wmma_b_offset(int wn, int j, int kk) { return kk * kWBStride + wn * 32 + j * kWFrag; }
-NEEDLE_HD int wmma_c_offset(int wm, int wn, int i, int j) { return (wm * 32 + i * kWFrag) * kWCStride + wn * 32 + j * kWFrag; }
+NEEDLE_HD int wmma_c_offset(int wm, int wn, int i, int j) {
+  return (wm * 32 + i * kWFrag) * kWCStride + wn * 32 + j * kWFrag;
+}
 
 // Element e (0 .. kWBM*kWBK) of A's k-step tile -> (m, k) within it. Consecutive
 // threads take consecutive addresses of the operand's unit-stride direction, so a
