@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 CMAKE_ARGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all lib deps test-deps test demo bench clean
+.PHONY: all lib deps test-deps test demo bench gpu-check clean
 
 all: lib
 
@@ -30,6 +30,12 @@ demo: deps lib
 # slow a current numpy down: the numpy reference runs without them.
 bench: lib
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PYTHON) benchmarks/run.py
+
+# The CUDA check on a machine with a GPU: fresh build for that GPU, the tests with every CUDA
+# case, memcheck, the apps and the GPU benchmarks in under 8 minutes; results in
+# benchmarks/results/cuda-<date>.json (GPU_CHECK_OUT=dir gets a copy). Without a GPU: one line.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(BUILD_DIR) python/needle/backend_ndarray/*.so

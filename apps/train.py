@@ -9,6 +9,11 @@ saves model + optimizer state + epoch to ``--checkpoint`` after every epoch,
 continues from it with ``--resume``, and writes the curves to ``--plot``.
 Data: ``--data DIR``, else ``$NEEDLE_DATA/<task>``, else ``../shared/data/<task>``
 relative to the repository root.
+
+Data-parallel: ``python -m needle.distributed.run -n 2 -m apps.train mnist ...`` runs one
+replica per rank (``--batch-size`` is per rank), each on its shard of the training data;
+gradients, the training metrics and the evaluation (each rank scores its share of the
+test set) are combined over ranks, and only rank 0 prints, plots and writes checkpoints.
 """
 import argparse
 import os
@@ -20,8 +25,9 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 import numpy as np
 
 import needle as ndl
+import needle.distributed as dist
 
-from apps.training import (classification_epoch, empty_history, fit, load_checkpoint,
+from apps.training import (MixedPrecision, classification_epoch, empty_history, fit, load_checkpoint,
                            plot_curves, ptb_epoch, save_checkpoint)
 
 TASKS = ("mnist", "cifar10", "ptb", "digits")
@@ -67,6 +73,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N training samples")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="mixed precision: autocast to bfloat16, or float16 with loss scaling")
     g = p.add_argument_group("mnist")
     g.add_argument("--split", type=int, default=None,
                    help="train on the first N t10k images and test on the rest "
@@ -172,6 +180,41 @@ def classification_data(args):
     return train, test, lambda dev: ResNet9(device=dev), False
 
 
+class _Shard(ndl.data.Dataset):
+    """Every ``world``-th sample from ``rank`` on: a rank's share of an evaluation set
+    (no padding, unlike DistributedSampler, so that every sample is scored once)."""
+
+    def __init__(self, dataset, rank, world):
+        super().__init__()
+        self.dataset = dataset
+        self.index = np.arange(rank, len(dataset), world)
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        return self.dataset[self.index[i]]
+
+
+def combine_ranks(result):
+    """One epoch's result over all ranks: loss and accuracy weighted by each rank's count,
+    the counts summed, the time of the slowest rank (a no-op when running alone)."""
+    if dist.world_size() == 1:
+        return result
+    n = result["count"]
+    sums = dist.all_reduce(np.array([result["loss"] * n, result["acc"] * n, n], np.float64))
+    seconds = float(dist.all_reduce(np.array([result["seconds"]]), "max")[0])
+    count = max(sums[2], 1.0)
+    out = dict(result, loss=sums[0] / count, acc=sums[1] / count, err=1 - sums[1] / count,
+               count=int(sums[2]), seconds=seconds)
+    for key in ("samples_per_s", "tokens_per_s"):
+        if key in out:
+            out[key] = sums[2] / max(seconds, 1e-9)
+    if "ppl" in out:
+        out["ppl"] = float(np.exp(min(out["loss"], 50)))
+    return out
+
+
 class _Subset(ndl.data.Dataset):
     def __init__(self, dataset, n):
         super().__init__()
@@ -192,23 +235,28 @@ def fit_task(args, model, opt, train_epoch, test_epoch, metric, report, title):
     checkpoint after every epoch, and plot the curves at the end. -> (model, history)."""
     sched = make_scheduler(args, opt)
     history, start = empty_history(metric), 0
+    lead = dist.rank() == 0  # the rank that prints, plots and writes checkpoints
     if args.resume and os.path.exists(args.checkpoint):
+        # Every rank reads the checkpoint (it must be on a filesystem all ranks see).
         start, history, ckpt = load_checkpoint(args.checkpoint, model, opt,
                                                expect={"task": args.task})
         if sched is not None and "scheduler" in ckpt:
             sched.load_state_dict(ckpt["scheduler"])
-        print(f"resumed from {args.checkpoint} after epoch {start}")
+        if lead:
+            print(f"resumed from {args.checkpoint} after epoch {start}")
 
     def on_epoch(epoch, tr, te):
+        if not lead:
+            return
         print(f"epoch {epoch + 1}/{args.epochs}: {report(tr, te)}", flush=True)
         if args.checkpoint:
             extra = {"scheduler": sched.state_dict()} if sched is not None else {}
             save_checkpoint(args.checkpoint, model, opt, epoch, history, task=args.task, **extra)
 
-    history = fit(lambda e: train_epoch(f"epoch {e + 1}/{args.epochs}"),
-                  lambda e: test_epoch("eval"), args.epochs, sched, metric, history, start,
-                  on_epoch)
-    if args.plot:
+    history = fit(lambda e: combine_ranks(train_epoch(e, f"epoch {e + 1}/{args.epochs}")),
+                  lambda e: combine_ranks(test_epoch("eval")), args.epochs, sched, metric,
+                  history, start, on_epoch)
+    if args.plot and lead:
         plot_curves(history, args.plot, title)
     return model, history
 
@@ -220,9 +268,21 @@ def run_classification(args, device):
     np.random.seed(args.seed)
     model = make_model(device).to(device)
     opt = make_optimizer(args, model.parameters())
-    train_loader = ndl.data.DataLoader(train_set, args.batch_size, shuffle=True, device=device)
-    test_loader = ndl.data.DataLoader(test_set, args.batch_size, device=device)
-    progress = not args.no_progress
+    rank, world = dist.rank(), dist.world_size()
+    # Data-parallel: the replica trains through the wrapper; checkpoints hold `model`.
+    net = dist.DistributedDataParallel(model) if world > 1 else model
+    sampler = ndl.data.DistributedSampler(train_set, seed=args.seed) if world > 1 else None
+    train_loader = ndl.data.DataLoader(train_set, args.batch_size, shuffle=sampler is None,
+                                       sampler=sampler, device=device)
+    test_loader = ndl.data.DataLoader(_Shard(test_set, rank, world) if world > 1 else test_set,
+                                      args.batch_size, device=device)
+    progress = not args.no_progress and rank == 0
+    amp = MixedPrecision(args.amp) if args.amp else None
+
+    def train_epoch(epoch, desc):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        return classification_epoch(train_loader, net, opt, desc, progress, flatten, amp=amp)
 
     def report(tr, te):
         return (f"train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | test loss {te['loss']:.4f} "
@@ -230,9 +290,15 @@ def run_classification(args, device):
 
     return fit_task(
         args, model, opt,
-        lambda desc: classification_epoch(train_loader, model, opt, desc, progress, flatten),
-        lambda desc: classification_epoch(test_loader, model, None, desc, progress, flatten),
+        train_epoch,
+        lambda desc: classification_epoch(test_loader, model, None, desc, progress, flatten, amp=amp),
         "acc", report, f"needle {args.task}")
+
+
+def _part(ids, rank, world):
+    """Rank ``rank``'s contiguous part of a token stream; all parts have one length."""
+    n = len(ids) // world
+    return ids[rank * n:(rank + 1) * n]
 
 
 def run_ptb(args, device):
@@ -240,13 +306,17 @@ def run_ptb(args, device):
     corpus = ndl.data.Corpus(args.data, max_lines=args.max_lines, train_file=args.train_file,
                              test_file=args.test_file)
     train_ids = corpus.train if args.limit is None else corpus.train[:args.limit]
-    train = ndl.data.batchify(train_ids, args.batch_size, device=device)
-    test = ndl.data.batchify(corpus.test, args.batch_size, device=device)
+    rank, world = dist.rank(), dist.world_size()
+    # Data-parallel: each rank reads an equal contiguous part of each token stream.
+    train = ndl.data.batchify(_part(train_ids, rank, world), args.batch_size, device=device)
+    test = ndl.data.batchify(_part(corpus.test, rank, world), args.batch_size, device=device)
     np.random.seed(args.seed)
     model = LanguageModel(args.embedding_size, len(corpus.dictionary), args.hidden_size,
                           args.num_layers, args.seq_model, args.seq_len, device=device)
+    net = dist.DistributedDataParallel(model) if world > 1 else model
     opt = make_optimizer(args, model.parameters())
-    progress, clip = not args.no_progress, args.clip or None
+    progress, clip = not args.no_progress and rank == 0, args.clip or None
+    amp = MixedPrecision(args.amp) if args.amp else None
 
     def report(tr, te):
         return (f"train loss {tr['loss']:.3f} ppl {tr['ppl']:.1f} | test loss {te['loss']:.3f} "
@@ -254,8 +324,9 @@ def run_ptb(args, device):
 
     return fit_task(
         args, model, opt,
-        lambda desc: ptb_epoch(train, model, args.seq_len, opt, clip, device, desc, progress),
-        lambda desc: ptb_epoch(test, model, args.seq_len, None, None, device, desc, progress),
+        lambda epoch, desc: ptb_epoch(train, net, args.seq_len, opt, clip, device, desc, progress,
+                                      amp=amp),
+        lambda desc: ptb_epoch(test, model, args.seq_len, None, None, device, desc, progress, amp=amp),
         "ppl", report, f"needle ptb ({args.seq_model})")
 
 

@@ -1,6 +1,7 @@
 """Shared pieces of the course helpers, the command-line trainer and the demo: one epoch
 loop (image batches or PTB chunks) with an optional tqdm bar, the epoch-by-epoch fit loop,
 checkpoints, and a PNG of the training curves."""
+import contextlib
 import math
 import os
 import time
@@ -25,14 +26,37 @@ def detach_state(h):
     return h.detach()
 
 
+class MixedPrecision:
+    """``--amp``: forward passes under ``needle.amp.autocast(dtype)``; float16 also scales
+    the loss with a ``GradScaler`` (kept across epochs), bfloat16 needs none."""
+
+    AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+    def __init__(self, dtype):
+        self.dtype = self.AMP_DTYPES.get(dtype, dtype)
+        self.scaler = ndl.amp.GradScaler(enabled=self.dtype == "float16")
+
+    def autocast(self):
+        return ndl.amp.autocast(dtype=self.dtype)
+
+    def backward_and_step(self, loss, opt, clip):
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        if clip is not None:
+            opt.clip_grad_norm(clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+
+
 def run_epoch(batches, model, forward, opt=None, loss_fn=None, clip=None, desc="",
-              progress=False, unit="samples"):
+              progress=False, unit="samples", amp=None):
     """One pass over ``batches``; trains when ``opt`` is given, else evaluates.
 
     ``forward(batch) -> (logits (n, k), labels (n,))``. Each batch's mean loss is weighted
     by its n, so ``loss`` is the mean per sample (per target token for PTB). Gradients are
-    clipped to global norm ``clip`` when it is not None. The bar (``progress``) shows the
-    running loss, accuracy and ``unit``/s.
+    clipped to global norm ``clip`` when it is not None. ``amp`` (a MixedPrecision) runs
+    the forward in mixed precision. The bar (``progress``) shows the running loss,
+    accuracy and ``unit``/s.
     Returns dict(loss, acc, err, count, seconds, per_s).
     """
     loss_fn = nn.SoftmaxLoss() if loss_fn is None else loss_fn
@@ -41,14 +65,18 @@ def run_epoch(batches, model, forward, opt=None, loss_fn=None, clip=None, desc="
     start = time.perf_counter()
     bar = _progress(batches, desc) if progress else None
     for batch in batches if bar is None else bar:
-        logits, y = forward(batch)
-        loss = loss_fn(logits, y)
+        with amp.autocast() if amp is not None else contextlib.nullcontext():
+            logits, y = forward(batch)
+            loss = loss_fn(logits, y)
         if opt is not None:
             opt.reset_grad()
-            loss.backward()
-            if clip is not None:
-                opt.clip_grad_norm(clip)
-            opt.step()
+            if amp is not None:
+                amp.backward_and_step(loss, opt, clip)
+            else:
+                loss.backward()
+                if clip is not None:
+                    opt.clip_grad_norm(clip)
+                opt.step()
         n = y.shape[0]
         correct += float((logits.numpy().argmax(axis=1) == y.numpy()).sum())
         total_loss += float(loss.numpy()) * n
@@ -66,7 +94,7 @@ def run_epoch(batches, model, forward, opt=None, loss_fn=None, clip=None, desc="
 
 
 def classification_epoch(loader, model, opt=None, desc="", progress=True, flatten=False,
-                         loss_fn=None):
+                         loss_fn=None, amp=None):
     """One pass over ``loader`` of (X, y) batches (trains when ``opt`` is given); ``flatten``
     reshapes X to (n, features) first.
 
@@ -78,13 +106,13 @@ def classification_epoch(loader, model, opt=None, desc="", progress=True, flatte
             X = X.reshape((X.shape[0], int(np.prod(X.shape[1:]))))
         return model(X), y
 
-    r = run_epoch(loader, model, forward, opt, loss_fn, None, desc, progress, "samples")
+    r = run_epoch(loader, model, forward, opt, loss_fn, None, desc, progress, "samples", amp)
     r["samples_per_s"] = r.pop("per_s")
     return r
 
 
 def ptb_epoch(data, model, seq_len, opt=None, clip=None, device=None, desc="", progress=True,
-              dtype="float32", loss_fn=None):
+              dtype="float32", loss_fn=None, amp=None):
     """One pass over batchified PTB ``data`` (nbatch, bs) in chunks of ``seq_len`` rows.
 
     The hidden state is carried from chunk to chunk, detached, starting from None; the loss
@@ -101,7 +129,7 @@ def ptb_epoch(data, model, seq_len, opt=None, clip=None, device=None, desc="", p
         return out, y
 
     r = run_epoch(range(0, data.shape[0] - 1, seq_len), model, forward, opt, loss_fn, clip,
-                  desc, progress, "tokens")
+                  desc, progress, "tokens", amp)
     r["ppl"] = math.exp(min(r["loss"], 50))
     r["tokens_per_s"] = r.pop("per_s")
     return r

@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "common/py_dtypes.h"
@@ -70,6 +71,10 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
       .def_property_readonly("dtype", [](const Buffer& b) { return py::reinterpret_borrow<py::str>(dtype_str(b.dtype)); })
       .def_property_readonly("itemsize", &Buffer::itemsize);
 
+  m.def("wrap_external", [](size_t address, int64_t size, py::object dtype) {
+    return std::make_unique<Buffer>(reinterpret_cast<void*>(address), size, dtype_arg(dtype));
+  }, py::arg("address"), py::arg("size"), py::arg("dtype"),
+     "An Array over memory at `address` that the caller owns and keeps alive (DLPack import).");
   m.def("to_numpy", ToNumpy);
   m.def("from_numpy", FromNumpy);
 

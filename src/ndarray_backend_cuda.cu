@@ -178,6 +178,9 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
   m.def("matmul_kernel_names", []() {
     return std::vector<std::string>(std::begin(nc::kMatmulKernelNames), std::end(nc::kMatmulKernelNames));
   });
+  m.def("matmul_kernel_used", []() { return nc::g_last_matmul_kernel; },
+        "The rung the last bmm/matmul ran (a dtype, device or layout a rung does not take steps down; "
+        "-1 when no kernel ran).");
 
   // ---- rows and fused ops (cuda/rows.cu, cuda/fused.cu) ----
   m.def("gather_rows", &nc::gather_rows, py::arg("a"), py::arg("idx"), py::arg("out"), py::arg("num_rows"),
@@ -209,6 +212,19 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
   }, "Bytes in live arrays, bytes held in the free cache, and peak live bytes (block sizes).");
   m.def("empty_cache", []() { nc::DeviceAllocator::instance().empty_cache(); },
         "Return every cached block to the driver.");
+  m.def("wrap_external", [](size_t address, int64_t size, const py::object& dtype) {
+    const needle::DType dt = needle::dtype_arg(dtype);
+    needle::check_array_size(size, needle::dtype_size(dt));
+    return std::make_unique<Array>(reinterpret_cast<void*>(address), size, dt);
+  }, py::arg("address"), py::arg("size"), py::arg("dtype"),
+     "An Array over device memory at `address` that the caller owns and keeps alive (DLPack import).");
+  m.def("synchronize", []() { CUDA_CHECK(cudaDeviceSynchronize()); },
+        "Wait for every kernel and copy queued on the device.");
   m.def("device_count", &nc::device_count);
   m.def("device_name", &nc::device_name);
+  m.def("device_capability", []() {
+    if (nc::device_count() == 0) throw std::runtime_error("device_capability: no CUDA device is visible");
+    const int cc = nc::device_capability();
+    return py::make_tuple(cc / 10, cc % 10);
+  }, "The current device's compute capability (major, minor); the tensor-core rungs need (8, 0).");
 }

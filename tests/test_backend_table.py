@@ -305,12 +305,25 @@ def test_cpu_matches_twin(case):
 
 
 def test_cpu_twin_cases_cover_table():
-    """Every table function but the buffer transfers has a numeric case above."""
+    """Every table function but the buffer transfers (tested below) has a numeric case above."""
     import re
     src = inspect.getsource(inspect.getmodule(test_cpu_matches_twin))
     called = set(re.findall(r'p\.call\("(\w+)"', src)) | set(re.findall(r'"(\w+)"', src))
-    missing = [n for n in TABLE if n not in called and n not in ("to_numpy", "from_numpy")]
+    missing = [n for n in TABLE if n not in called and n not in ("to_numpy", "from_numpy", "wrap_external")]
     assert not missing, f"no CPU-vs-twin case for {missing}"
+
+
+@pytest.mark.parametrize("side", ["cpu", "twin"])
+def test_wrap_external_views_foreign_memory(side):
+    mod = _cpu() if side == "cpu" else twin
+    host = np.arange(6, dtype=np.float64)
+    buf = mod.wrap_external(host.ctypes.data, 6, "float64")
+    assert buf.size == 6 and buf.dtype == "float64" and buf.ptr() == host.ctypes.data
+    np.testing.assert_array_equal(mod.to_numpy(buf, [2, 3], [3, 1], 0), host.reshape(2, 3))
+    mod.fill(buf, 7.0)  # writes land in the foreign memory
+    np.testing.assert_array_equal(host, np.full(6, 7.0))
+    with pytest.raises(TypeError):
+        mod.wrap_external(host.ctypes.data, 6, "complex64")
 
 
 def test_cpu_and_twin_reject_the_same_bad_calls():

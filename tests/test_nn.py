@@ -497,9 +497,10 @@ def test_state_dict_round_trip(device, tmp_path):
     x = T(np.random.randn(6, 3), device, False)
     a(x)   # updates running stats
     sd = a.state_dict()
-    assert list(sd) == ["body.modules.0.weight", "body.modules.0.bias",
-                        "body.modules.1.weight", "body.modules.1.bias",
-                        "body.modules.1.running_mean", "body.modules.1.running_var",
+    # PyTorch's names: Sequential children by index, buffers included
+    assert list(sd) == ["body.0.weight", "body.0.bias",
+                        "body.1.weight", "body.1.bias",
+                        "body.1.running_mean", "body.1.running_var",
                         "head.weight", "head.bias"]
     ndl.save(sd, tmp_path / "m.needle")
     b = _Small(device)
@@ -519,18 +520,27 @@ def test_state_dict_round_trip(device, tmp_path):
 def test_load_state_dict_errors():
     m = _Small(None)
     sd = m.state_dict()
-    missing = dict(sd)
-    del missing["head.bias"]
-    with pytest.raises(KeyError, match="head.bias"):
-        m.load_state_dict(missing)
-    extra = dict(sd, bogus=np.zeros(2))
-    with pytest.raises(KeyError, match="bogus"):
-        m.load_state_dict(extra)
-    m.load_state_dict(extra, strict=False)
-    bad = dict(sd)
-    bad["head.weight"] = np.zeros((5, 2), dtype=np.float32)
-    with pytest.raises(ValueError, match=r"head.weight.*\(5, 2\).*\(4, 2\)"):
-        m.load_state_dict(bad)
+    before = {k: v.numpy().copy() for k, v in sd.items()}
+    broken = dict(sd, bogus=np.zeros(2), extra2=np.zeros(1))
+    del broken["head.bias"], broken["body.0.bias"]
+    broken["head.weight"] = np.zeros((5, 2), dtype=np.float32)
+    broken["body.1.running_mean"] = np.zeros(3, dtype=np.float32)
+    with pytest.raises(RuntimeError) as e:
+        m.load_state_dict(broken)
+    # every problem is named in one message, and nothing was changed
+    for part in ("'head.bias'", "'body.0.bias'", "'bogus'", "'extra2'",
+                 r"'head.weight'", "(5, 2)", "(4, 2)", "'body.1.running_mean'", "(3,)", "(4,)"):
+        assert part in str(e.value), part
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), before[k])
+    # strict=False skips missing/unexpected keys and reports them, as PyTorch
+    partial = {k: v for k, v in sd.items() if k != "head.bias"}
+    partial["bogus"] = np.zeros(2)
+    result = m.load_state_dict(partial, strict=False)
+    assert result.missing_keys == ["head.bias"] and result.unexpected_keys == ["bogus"]
+    # shape mismatches are errors even when not strict
+    with pytest.raises(RuntimeError, match=r"head.weight.*\(5, 2\).*\(4, 2\)"):
+        m.load_state_dict(dict(sd, **{"head.weight": np.zeros((5, 2), dtype=np.float32)}), strict=False)
     with pytest.raises(TypeError):
         m.load_state_dict([1, 2])
 

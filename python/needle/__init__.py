@@ -10,6 +10,9 @@ from . import nn
 from . import optim
 from .backend_selection import *
 from .serialization import save, load
+from .dlpack import from_dlpack
+from . import amp, profiler
+from . import interop
 from .backend_ndarray.dtypes import DTYPES as dtypes
 # dtype constants, as ``needle.float32``: they are the dtype names.
 float32, float64, float16, bfloat16 = "float32", "float64", "float16", "bfloat16"

@@ -1,9 +1,10 @@
 """Reverse-mode automatic differentiation.
 
 A ``Value`` is a node of the computational graph: the ``op`` that made it, its
-``inputs`` and its ``cached_data`` (an array of the active backend). Ops run
-eagerly; a result that needs no gradient (no input requires one, or inside
-``no_grad()``) is returned detached, so constant work builds no graph.
+``inputs`` and its ``cached_data`` (an array of the active backend: an NDArray, or
+numpy's own in ``NEEDLE_BACKEND=np``; only ``ops/array_backend.py`` tells the two
+apart). Ops run eagerly; a result that needs no gradient (no input requires one,
+or inside ``no_grad()``) is returned detached, so constant work builds no graph.
 
 ``backward()`` walks the graph once in reverse topological order (an explicit
 stack, so a 10,000-deep chain is fine) and sums the partial adjoints of each
@@ -20,13 +21,11 @@ from typing import List, Optional
 import numpy
 
 import needle
-from .backend_selection import BACKEND, Device, NDArray, all_devices, array_api, cpu, default_device  # noqa: F401 (re-exported)
-from .backend_ndarray.dtypes import FLOATING as _FLOATING
+from .backend_selection import Device, NDArray, all_devices, cpu, default_device  # noqa: F401 (re-exported)
 from .tensor_methods import TensorMethods
 
 LAZY_MODE = False
 TENSOR_COUNTER = 0
-_ND = BACKEND == "nd"
 
 _GRAD_ENABLED = True
 
@@ -96,17 +95,12 @@ class TensorTupleOp(Op):
 
 def _check_inputs(op, inputs):
     """Inputs must be Values on one device: clear TypeError/ValueError otherwise."""
-    device = None
     for i, x in enumerate(inputs):
         if not isinstance(x, Value):
             raise TypeError(f"{type(op).__name__}: input {i} must be a Tensor, got {type(x).__name__}")
-        if BACKEND == "nd" and isinstance(x, Tensor):
-            data = x.cached_data if x.cached_data is not None else x.realize_cached_data()
-            if device is None:
-                device = data.device
-            elif data.device is not device and data.device != device:
-                shapes = ", ".join(f"{tuple(t.shape)} on {t.device}" for t in inputs if isinstance(t, Tensor))
-                raise ValueError(f"{type(op).__name__}: inputs are on different devices ({shapes})")
+    # An input not computed yet (lazy mode) is checked when it is: B.compute checks every op's arrays.
+    computed = [x.cached_data for x in inputs if isinstance(x, Tensor) and x.cached_data is not None]
+    B.check_one_device(type(op).__name__, computed)
 
 
 class Value:
@@ -122,12 +116,9 @@ class Value:
         """The node's array, computed (once) from its inputs if needed."""
         if self.cached_data is not None:
             return self.cached_data
-        data = self.op.compute(
-            *[x.cached_data if x.cached_data is not None else x.realize_cached_data() for x in self.inputs]
+        self.cached_data = _compute(
+            self.op, [x.cached_data if x.cached_data is not None else x.realize_cached_data() for x in self.inputs]
         )
-        if array_api is numpy and not isinstance(data, (numpy.ndarray, tuple)):
-            data = numpy.asarray(data)  # numpy turns 0-d results into scalars
-        self.cached_data = data
         return self.cached_data
 
     def is_leaf(self):
@@ -161,6 +152,8 @@ class Value:
 
     @classmethod
     def make_from_op(cls, op, inputs):
+        if _autocast_hook is not None:  # inside needle.amp.autocast: the inputs this op runs on
+            inputs = _autocast_hook(op, inputs)
         if LAZY_MODE:
             _check_inputs(op, inputs)
             value = cls.__new__(cls)
@@ -182,14 +175,7 @@ class Value:
         except AttributeError:
             _check_inputs(op, inputs)
             raise
-        if _ND and len(datas) > 1:
-            device = datas[0]._device if type(datas[0]) is not tuple else None
-            for data in datas:
-                if type(data) is not tuple and data._device is not device:
-                    _check_inputs(op, inputs)
-        data = op.compute(*datas)
-        if not _ND and not isinstance(data, (numpy.ndarray, tuple)):
-            data = numpy.asarray(data)  # numpy turns 0-d results into scalars
+        data = _compute(op, datas)  # checks that the arrays share one device
         value = cls.__new__(cls)
         TENSOR_COUNTER += 1
         value.num_outputs = 1
@@ -264,15 +250,13 @@ class Tensor(TensorMethods, Value):
         else:
             device = default_device() if device is None else device
             cached_data = Tensor._array_from_numpy(array, device=device, dtype=dtype)
-        if _ND and requires_grad and cached_data.dtype not in _FLOATING:
+        if requires_grad and not B.differentiable(cached_data):
             requires_grad = False  # integer and bool tensors never require a gradient
         self._init(None, [], cached_data=cached_data, requires_grad=requires_grad)
 
     @staticmethod
     def _array_from_numpy(numpy_array, device, dtype):
-        if array_api is numpy:
-            return numpy.array(numpy_array, dtype=dtype)
-        return array_api.array(numpy_array, device=device, dtype=dtype)
+        return B.array(numpy_array, device, dtype)
 
     @staticmethod
     def make_const(data, requires_grad=False):
@@ -314,10 +298,7 @@ class Tensor(TensorMethods, Value):
 
     @property
     def device(self):
-        data = self.realize_cached_data()
-        if array_api is numpy:
-            return cpu()
-        return data.device
+        return B.device(self.realize_cached_data())
 
     def backward(self, out_grad=None, create_graph=True):
         """Set ``.grad`` of every node this tensor depends on (overwriting old values).
@@ -327,20 +308,18 @@ class Tensor(TensorMethods, Value):
         """
         if out_grad is None:
             data = self.realize_cached_data()
-            if array_api is numpy:
-                ones = numpy.ones(data.shape, dtype=data.dtype)
-            else:
-                ones = array_api.full(data.shape, 1.0, dtype=data.dtype, device=data.device)
-            out_grad = Tensor.make_const(ones)
+            out_grad = Tensor.make_const(B.full(data.shape, 1.0, data))
         elif not isinstance(out_grad, Tensor):
             raise TypeError(f"backward: out_grad must be a Tensor, got {type(out_grad).__name__}")
         elif out_grad.shape != self.shape:
             raise ValueError(f"backward: out_grad shape {out_grad.shape} does not match tensor shape {self.shape}")
-        if create_graph:
-            compute_gradient_of_variables(self, out_grad)
-        else:
-            with no_grad():
+        prof = needle.profiler.active()
+        with prof.backward_phase() if prof is not None else contextlib.nullcontext():
+            if create_graph:
                 compute_gradient_of_variables(self, out_grad)
+            else:
+                with no_grad():
+                    compute_gradient_of_variables(self, out_grad)
 
     def __repr__(self):
         return "needle.Tensor(" + str(self.realize_cached_data()) + ")"
@@ -349,10 +328,7 @@ class Tensor(TensorMethods, Value):
         return self.realize_cached_data().__str__()
 
     def numpy(self):
-        data = self.realize_cached_data()
-        if array_api is numpy:
-            return numpy.array(data)
-        return data.numpy()
+        return B.to_numpy(self.realize_cached_data())
 
     # ---- operators (the exact op nodes are part of the contract) ----------
     def __add__(self, other):
@@ -428,12 +404,10 @@ def compute_gradient_of_variables(output_tensor, out_grad):
         grad = partials[0] if len(partials) == 1 and type(partials[0]) is not _Slot else _sum_partials(node, partials)
         op = node.op
         if op is None:
-            if _ND:
-                data = grad.cached_data
-                if type(data) is not tuple and data is not None and not data.is_compact():
-                    # Same values, compact layout: optimizers update parameters in place
-                    # through flat buffers. The grad's own graph is untouched.
-                    grad.cached_data = data.compact()
+            data = grad.cached_data
+            if type(data) is not tuple and data is not None:
+                # Same values, in the layout optimizers update through; the grad's own graph is untouched.
+                grad.cached_data = _compact_for_update(data)
             node.grad = grad
             continue
         # A detached view of the adjoint (shared data, no graph): see the module docstring.
@@ -454,8 +428,8 @@ def compute_gradient_of_variables(output_tensor, out_grad):
                     raise RuntimeError(
                         f"{type(op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
                     )
-                if _ND and g.realize_cached_data()._dtype is not inp.realize_cached_data()._dtype \
-                        and g.dtype != inp.dtype:  # a promoted op: the gradient takes its input's dtype
+                # (The shape check computed both arrays.) After a promoting op the gradient takes its input's dtype.
+                if _gradient_dtype_differs(g.cached_data, inp.cached_data):
                     g = needle.ops.cast(g, inp.dtype)
             partial = grads.get(inp)
             if partial is None:
@@ -475,9 +449,7 @@ class _Slot:
 
 
 def _zeros_like_array(a):
-    if array_api is numpy:
-        return Tensor.make_const(numpy.zeros(a.shape, dtype=a.dtype))
-    return Tensor.make_const(a.device.full(a.shape, 0.0, a.dtype))
+    return Tensor.make_const(B.full(a.shape, 0.0, a))
 
 
 def _sum_partials(node, partials):
@@ -528,6 +500,30 @@ def sum_node_list(node_list):
         total = total + g
     return total
 
+
+# The array functions that differ between numpy mode and NDArray. Imported last:
+# needle.ops imports this module, so the import must follow the classes the ops use.
+from .ops import array_backend as B  # noqa: E402
+
+# Called for every op, every leaf gradient and every gradient edge: bound once.
+_compute, _compact_for_update, _gradient_dtype_differs = B.compute, B.compact_for_update, B.gradient_dtype_differs
+
+# Tools that watch or steer every op swap these in while they are active, so that
+# when they are not, the op path pays nothing for them.
+_autocast_hook = None
+
+
+def set_autocast_hook(hook):
+    """``hook(op, inputs) -> inputs`` for every op (needle.amp.autocast), or None."""
+    global _autocast_hook
+    _autocast_hook = hook
+
+
+def set_compute_hook(wrapper):
+    """``wrapper(compute, op, arrays) -> array`` around every op's compute (the profiler),
+    or None for the plain backend compute."""
+    global _compute
+    _compute = B.compute if wrapper is None else (lambda op, datas: wrapper(B.compute, op, datas))
 
 # gradcheck lives in its own module (it is a tool, not part of the graph) but is
 # reachable as needle.autograd.gradcheck.

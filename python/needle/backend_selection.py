@@ -3,6 +3,7 @@
 ``nd`` (default): arrays are ``NDArray`` (float32) on ``cpu()``, ``cuda()`` or
 ``cpu_numpy()``. ``np``: arrays are plain numpy arrays that keep their dtype;
 this mode never imports the compiled modules, so it works before ``make``.
+Everything else that differs between the two modes lives in ``ops/array_backend.py``.
 """
 import os as _os
 import warnings as _warnings

@@ -1,9 +1,10 @@
 """Optimizers (SGD, Adam, AdamW), gradient clipping and learning-rate schedulers.
 
 Updates run on the parameters' raw arrays (NDArray, or numpy in np mode) and are
-written back through ``p.data``, so no autograd graph is ever built and the
+written back as the parameters' data, so no autograd graph is ever built and the
 number of live Tensors stays flat across steps. ``p.grad`` is never modified
-by ``step()``.
+by ``step()``. Where the backend has a one-pass update kernel (``sgd_step``,
+``adam_step``) it runs; otherwise (np mode) the same update as a composition.
 """
 import math
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from . import init
 from .autograd import Tensor
+from .ops import array_backend as B
 
 
 def _raw(t):
@@ -18,32 +20,20 @@ def _raw(t):
 
 
 def _keep_dtype(arr, p):
-    """Cast numpy results back to the parameter's dtype (np mode can promote)."""
-    if isinstance(arr, np.ndarray) and arr.dtype != np.dtype(p.dtype):
-        return arr.astype(p.dtype)
-    return arr
+    """``arr`` in the parameter's dtype: a half-precision parameter is updated in float32,
+    and numpy's promotions can widen a result."""
+    return arr if arr.dtype == p.dtype else arr.astype(p.dtype)
 
 
 def _set_param(p, arr):
-    if not isinstance(arr, np.ndarray) and arr.dtype != p.dtype:
-        arr = arr.astype(p.dtype)  # a half-precision parameter updated in float32
-    if not isinstance(arr, np.ndarray) and arr.dtype == p.dtype:
-        p.cached_data = arr  # what ``p.data = Tensor.make_const(arr)`` does, minus the Tensor
-        return
-    if isinstance(arr, np.ndarray):
-        p.data = Tensor(_keep_dtype(arr, p), device=p.device, dtype=p.dtype, requires_grad=False)
-    else:
-        p.data = Tensor.make_const(arr)  # a new NDArray: no copy needed
+    """The new array ``arr`` (an update's result, never shared) becomes p's data."""
+    p.cached_data = B.as_result(_keep_dtype(arr, p))  # what ``p.data = ...`` does, minus the Tensor
 
 
 def _fused_operands(w, g):
-    """(w, g) as the backend's one-pass updates take them, or None in np mode (then the
-    composition below runs). Half-precision parameters are updated in float32, with
-    float32 optimizer state (a float16 eps of 1e-8 is 0, and v underflows)."""
-    if isinstance(w, np.ndarray):
-        return None
-    dtype = w.dtype if w.dtype in w.FUSED_DTYPES else "float32"
-    return w.astype(dtype, copy=False), g.astype(dtype, copy=False)
+    """(w, g) as the backend's one-pass updates take them, or None when it has none (np
+    mode): then the composition runs. See ``array_backend.fused_update_operands``."""
+    return B.fused_update_operands(w, g)
 
 
 def _state(store, p, w):
@@ -56,16 +46,6 @@ def _state(store, p, w):
     return buf
 
 
-def _sum_squares(arr) -> float:
-    if isinstance(arr, np.ndarray):
-        return float(np.sum(arr.astype(np.float64) ** 2))
-    return float(np.asarray((arr * arr).sum().numpy()).reshape(-1)[0])
-
-
-def _as_numpy(arr):
-    return np.array(arr if isinstance(arr, np.ndarray) else arr.numpy())
-
-
 def clip_grad_norm(params, max_norm, eps=1e-6):
     """Scale all gradients in ``params`` so their global L2 norm is at most ``max_norm``.
 
@@ -75,7 +55,7 @@ def clip_grad_norm(params, max_norm, eps=1e-6):
     if max_norm <= 0:
         raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
     params = [p for p in params if getattr(p, "grad", None) is not None]
-    total = math.sqrt(sum(_sum_squares(_raw(p.grad)) for p in params))
+    total = math.sqrt(sum(B.sum_of_squares(_raw(p.grad)) for p in params))
     coef = max_norm / (total + eps)
     if coef < 1:
         for p in params:
@@ -126,7 +106,7 @@ class Optimizer:
             store = getattr(self, name)
             for i, p in enumerate(self.params):
                 if p in store:
-                    state[name][i] = _as_numpy(store[p])
+                    state[name][i] = B.to_numpy(store[p])
         return {"type": type(self).__name__,
                 "hyper": {h: getattr(self, h) for h in self._hyper},
                 "t": getattr(self, "t", 0),

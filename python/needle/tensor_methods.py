@@ -307,3 +307,19 @@ class TensorMethods:
 
     __rand__, __ror__, __rxor__ = __and__, __or__, __xor__
 
+
+    # ---- DLPack: the array handed to numpy, PyTorch, CuPy, JAX without a copy ----------
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        """The protocol's export: ``numpy.from_dlpack(t)`` / ``torch.from_dlpack(t)`` share
+        ``t``'s memory (the graph is not part of it, as with ``detach()``)."""
+        kwargs = {"stream": stream}
+        if max_version is not None:
+            kwargs["max_version"] = max_version
+        if dl_device is not None:
+            kwargs["dl_device"] = dl_device
+        if copy is not None:
+            kwargs["copy"] = copy
+        return self.realize_cached_data().__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.realize_cached_data().__dlpack_device__()

@@ -100,7 +100,13 @@ Buffer::Buffer(int64_t size, DType dtype) : size(size), dtype(dtype) {
   if (ptr == nullptr) throw std::bad_alloc();
 }
 
+Buffer::Buffer(void* external, int64_t size, DType dtype)
+    : ptr(external), size(size), dtype(dtype), bytes(0), owned(false) {
+  check_array_size(size, dtype_size(dtype));
+}
+
 Buffer::~Buffer() {
+  if (!owned) return;
   if (bytes >= kCachedBytes) {
     BlockCache::get().give(ptr, bytes);
   } else {

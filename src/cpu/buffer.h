@@ -11,6 +11,9 @@ namespace cpu {
 
 struct Buffer {
   Buffer(int64_t size, DType dtype);
+  // A view of memory someone else owns (an array imported through DLPack): never freed
+  // here; the Python side keeps the owner alive for as long as this buffer lives.
+  Buffer(void* external, int64_t size, DType dtype);
   ~Buffer();
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
@@ -23,7 +26,8 @@ struct Buffer {
   void* ptr;
   int64_t size;  // elements
   DType dtype;
-  size_t bytes;  // allocated, a multiple of the alignment
+  size_t bytes;  // allocated, a multiple of the alignment; 0 for external memory
+  bool owned = true;
 };
 
 }  // namespace cpu

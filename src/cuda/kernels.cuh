@@ -10,6 +10,7 @@
 
 #include "common/conv_geometry.h"
 #include "common/convert.h"
+#include "cuda/matmul_tc_layout.cuh"
 #include "cuda/memory.cuh"
 
 namespace needle {
@@ -58,10 +59,14 @@ void launch_reduce_max(const Array& a, Array& out, int64_t reduce_size);
 void launch_sum_middle(const Array& a, Array& out, int64_t outer, int64_t reduce, int64_t inner);
 
 // ---- matmul.cu: the numbered kernel ladder ----
-constexpr int kNumMatmulKernels = 3;
+constexpr int kNumMatmulKernels = 5;
 extern const char* const kMatmulKernelNames[kNumMatmulKernels];
-extern int g_matmul_kernel;  // what bmm / matmul use (set_matmul_kernel)
-// kernel: 0 naive, 1 shared-memory tiled, 2 register-blocked (float32; others run 1).
+extern int g_matmul_kernel;       // what bmm / matmul use (set_matmul_kernel)
+extern int g_last_matmul_kernel;  // the rung the last bmm / matmul ran (-1 before any)
+// kernel: 0 naive, 1 shared-memory tiled, 2 register-blocked (float32), 3 WMMA and
+// 4 mma.sync pipeline (float16 / bfloat16 on compute capability 8.0+); each dtype
+// runs the highest rung at or below `kernel` that takes it (and the device, and for
+// rung 4 the operands' layout).
 // a (batch, m, n) by a_strides from a_offset, b (batch, n, p) likewise, out (batch, m, p) compact.
 void launch_bmm(int kernel, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
                 int64_t p, const Shape& a_strides, int64_t a_offset, const Shape& b_strides, int64_t b_offset);
@@ -70,6 +75,21 @@ void launch_bmm(int kernel, const Array& a, const Array& b, Array& out, int64_t 
 // x, w from their offsets, out from 0, all at the geometry's strides (common/conv_geometry.h).
 void launch_conv2d(const ConvGeometry& g, const Array& x, int64_t x_offset, const Array& w, int64_t w_offset,
                    Array& out);
+
+// ---- matmul_tc.cu: rungs 3 and 4, float16 / bfloat16 on the tensor cores ----
+// The current device's compute capability as major * 10 + minor (90 on an H200).
+int device_capability();
+// The highest tensor-core rung the current device runs: 0 (none), 3, or 4.
+int tensor_core_rungs();
+// A (batch, m, n) and B (batch, n, p) strided views, out (batch, m, p) compact; T is
+// half_t or bfloat16_t. Rung 3 takes any strides; rung 4 returns false, launching
+// nothing, when it cannot stage an operand (matmul_tc_layout.cuh operand_staging).
+template <typename T>
+void launch_matmul_wmma(const MatView<T>& A, const MatView<T>& B, T* out, int64_t batch, int64_t m, int64_t n,
+                        int64_t p);
+template <typename T>
+bool launch_matmul_mma(const MatView<T>& A, const MatView<T>& B, T* out, int64_t batch, int64_t m, int64_t n,
+                       int64_t p);
 
 // ---- rows.cu: row gather and scatter-add; rows are k checked int64 row numbers on the device ----
 void launch_gather_rows(const Array& a, const int64_t* rows, Array& out, int64_t k, int64_t dim);

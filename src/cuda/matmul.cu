@@ -1,10 +1,16 @@
 // Matmul: the numbered kernel ladder, selectable for teaching and benchmarking.
 //   0 naive: one thread per output (the reference, any dtype, any strides);
 //   1 shared-memory tiled 32x32 (any numeric dtype);
-//   2 register-blocked 128x128 block tiles, 8x8 per thread, double-buffered (float32).
+//   2 register-blocked 128x128 block tiles, 8x8 per thread, double-buffered (float32);
+//   3 tensor cores through WMMA, 64x64 block tiles (float16 / bfloat16, matmul_tc.cu);
+//   4 tensor cores through mma.sync, 128x128 block tiles fed by a 4-stage cp.async
+//     pipeline (float16 / bfloat16, matmul_tc.cu).
 // float32 accumulates in plain fp32 FMA (exact to fp32: no TF32, no tensor cores);
-// float16/bfloat16 accumulate in float, float64 in double, integers in 64 bits
-// wrapping like C. Other dtypes asked for kernel 2 run kernel 1.
+// float16/bfloat16 accumulate in float (on the tensor cores in rungs 3 and 4), float64
+// in double, integers in 64 bits wrapping like C. A dtype asked for a rung that does not
+// take it runs the highest rung below that does: float32 asked for 3 or 4 runs 2, the
+// halves asked for 2 run 1, and so on; the halves also step down from 4 to 3 when an
+// operand's layout cannot be staged by cp.async, and to 1 on devices older than sm_80.
 #include <algorithm>
 #include <type_traits>
 
@@ -14,19 +20,14 @@
 namespace needle {
 namespace cuda {
 
-const char* const kMatmulKernelNames[kNumMatmulKernels] = {"naive", "smem_tiled_32x32", "regblock_128x128_8x8"};
+const char* const kMatmulKernelNames[kNumMatmulKernels] = {
+    "naive", "smem_tiled_32x32", "regblock_128x128_8x8", "tensor_core_wmma_64x64",
+    "tensor_core_mma_128x128_cp_async"};
 
-int g_matmul_kernel = 2;  // bmm / matmul default: the fastest
+int g_matmul_kernel = kNumMatmulKernels - 1;  // bmm / matmul default: the top rung (each dtype its fastest)
+int g_last_matmul_kernel = -1;
 
 namespace {
-
-// Element (b, r, c) of a strided batched operand sits at ptr[b*sb + r*sr + c*sc];
-// ptr already includes the operand's offset.
-template <typename T>
-struct MatView {
-  const T* ptr;
-  int64_t sb, sr, sc;
-};
 
 // The type products accumulate in: float for float32 and the halves, double for
 // float64, uint64 for integers (unsigned, so overflow wraps like int64 in numpy).
@@ -306,12 +307,24 @@ void launch_regblock(const MatView<float>& A, const MatView<float>& B, float* ou
 }
 
 // A is (batch, m, n) and B (batch, n, p) strided views (validated), out (batch, m, p)
-// compact with batch * m * p > 0 elements and n > 0.
+// compact with batch * m * p > 0 elements and n > 0. Returns the rung that ran.
 template <typename T>
-void launch_matmul(int kernel, const MatView<T>& A, const MatView<T>& B, T* out, int64_t batch, int64_t m, int64_t n,
-                   int64_t p) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (kernel == 2) return launch_regblock(A, B, out, batch, m, n, p);
+int launch_matmul(int kernel, const MatView<T>& A, const MatView<T>& B, T* out, int64_t batch, int64_t m, int64_t n,
+                  int64_t p) {
+  if constexpr (std::is_same_v<T, half_t> || std::is_same_v<T, bfloat16_t>) {
+    if (kernel >= 3) {
+      const int rungs = tensor_core_rungs();
+      if (kernel >= 4 && rungs >= 4 && launch_matmul_mma(A, B, out, batch, m, n, p)) return 4;
+      if (rungs >= 3) {
+        launch_matmul_wmma(A, B, out, batch, m, n, p);
+        return 3;
+      }
+    }
+  } else if constexpr (std::is_same_v<T, float>) {
+    if (kernel >= 2) {
+      launch_regblock(A, B, out, batch, m, n, p);
+      return 2;
+    }
   }
   if (kernel == 0) {
     const dim3 block(32, 8);
@@ -320,14 +333,15 @@ void launch_matmul(int kernel, const MatView<T>& A, const MatView<T>& B, T* out,
                     static_cast<unsigned>(std::min<int64_t>(batch, 65535)));
     matmul_naive_kernel<T><<<grid, block>>>(A, B, out, batch, m, n, p);
     CHECK_LAUNCH("matmul_naive_kernel");
-  } else {
-    const dim3 block(T1, T1);
-    const dim3 grid(static_cast<unsigned>(ceil_div(p, T1)),
-                    static_cast<unsigned>(std::min<int64_t>(ceil_div(m, T1), 65535)),
-                    static_cast<unsigned>(std::min<int64_t>(batch, 65535)));
-    matmul_smem_kernel<T><<<grid, block>>>(A, B, out, batch, m, n, p);
-    CHECK_LAUNCH("matmul_smem_kernel");
+    return 0;
   }
+  const dim3 block(T1, T1);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p, T1)),
+                  static_cast<unsigned>(std::min<int64_t>(ceil_div(m, T1), 65535)),
+                  static_cast<unsigned>(std::min<int64_t>(batch, 65535)));
+  matmul_smem_kernel<T><<<grid, block>>>(A, B, out, batch, m, n, p);
+  CHECK_LAUNCH("matmul_smem_kernel");
+  return 1;
 }
 
 }  // namespace
@@ -337,13 +351,14 @@ void launch_matmul(int kernel, const MatView<T>& A, const MatView<T>& B, T* out,
 void launch_bmm(int kernel, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
                 int64_t p, const Shape& sa, int64_t oa, const Shape& sb, int64_t ob) {
   const int64_t total = batch * m * p;
+  g_last_matmul_kernel = -1;
   if (total == 0) return;
   if (n == 0) return zero_fill(out, total);  // empty inner dimension: every output is an empty sum
   dispatch<kNumericMask>(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const MatView<T> A{a.data<T>() + oa, batch == 1 ? 0 : sa[0], sa[1], sa[2]};
     const MatView<T> B{b.data<T>() + ob, batch == 1 ? 0 : sb[0], sb[1], sb[2]};
-    launch_matmul<T>(kernel, A, B, out.data<T>(), batch, m, n, p);
+    g_last_matmul_kernel = launch_matmul<T>(kernel, A, B, out.data<T>(), batch, m, n, p);
   });
 }
 

@@ -119,7 +119,7 @@ Array::Array(int64_t n, DType dt) : dtype(dt) {
 }
 
 Array::~Array() {
-  if (ptr != nullptr) DeviceAllocator::instance().release(ptr, block);
+  if (ptr != nullptr && block != 0) DeviceAllocator::instance().release(ptr, block);
 }
 
 DeviceFlag::DeviceFlag() : buf(1) { CUDA_CHECK(cudaMemsetAsync(buf.ptr, 0, sizeof(int32_t), 0)); }

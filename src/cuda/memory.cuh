@@ -90,6 +90,9 @@ size_t block_bytes_for(size_t bytes);
 // trusts its size: Python's Array(size, dtype) checks it first (table.cu).
 struct Array {
   Array(int64_t size, DType dtype);
+  // Device memory someone else owns (an array imported through DLPack): block stays 0,
+  // so it is never released here; the Python side keeps the owner alive meanwhile.
+  Array(void* external, int64_t size, DType dtype) : ptr(external), size(size), dtype(dtype) {}
   ~Array();
   Array(const Array&) = delete;
   Array& operator=(const Array&) = delete;
@@ -105,7 +108,7 @@ struct Array {
   void* ptr = nullptr;
   int64_t size = 0;
   DType dtype;
-  size_t block = 0;
+  size_t block = 0;  // 0: nothing to release (size 0 or external memory)
 };
 
 // A scratch buffer for a storage type T (partial sums, row indices).

@@ -48,7 +48,8 @@ void reduce_sum_middle(const Array& a, Array& out, int64_t outer, int64_t reduce
 void set_matmul_kernel(int k);
 int get_matmul_kernel();
 void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p);
-// kernel: 0 naive, 1 shared-memory tiled, 2 register-blocked (float32; others use 1).
+// kernel: 0 naive, 1 shared-memory tiled, 2 register-blocked (float32), 3 / 4 tensor cores
+// (float16 / bfloat16); a dtype runs the highest rung at or below kernel that takes it.
 void bmm(int kernel, const char* fn, const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n,
          int64_t p, const Shape& a_strides, int64_t a_offset, const Shape& b_strides, int64_t b_offset);
 

@@ -1,1 +1,2 @@
 from .ndarray import *
+from .dlpack import from_dlpack

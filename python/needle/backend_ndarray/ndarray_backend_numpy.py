@@ -16,6 +16,7 @@ Dtype rules shared by every backend:
   integers and bools are int64.
 - A wrong dtype is a TypeError naming the function and the dtypes.
 """
+import ctypes
 import warnings
 
 import numpy as np
@@ -49,6 +50,18 @@ class Array:
 
     def ptr(self):
         return self.array.ctypes.data
+
+
+def wrap_external(address, size, dtype):
+    """An Array over memory at ``address`` that the caller owns and keeps alive (DLPack import)."""
+    if dtype not in DTYPES:
+        raise TypeError(f"wrap_external: unsupported dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+    out = Array(0, dtype)
+    nbytes = int(size) * out.itemsize
+    if nbytes:
+        raw = (ctypes.c_char * nbytes).from_address(int(address))
+        out.array = np.frombuffer(raw, dtype=_np_dtype(dtype))
+    return out
 
 
 # ---- dtype checks (src/common/checks.h holds the same rules for the compiled modules) ----

@@ -2,37 +2,28 @@
 import numpy as np
 
 import needle as ndl
-from ..backend_selection import default_device
+from ..backend_selection import NDArray, default_device
+from ..ops import array_backend as B
 
 
 def _make(array, device, dtype, requires_grad):
     """Wrap a freshly drawn array without an extra copy when it already is in the right form."""
-    if ndl.backend_selection.BACKEND == "nd" and isinstance(array, ndl.backend_selection.NDArray):
-        if array.device == device:
-            return ndl.Tensor.make_const(array.astype(dtype, copy=False), requires_grad=requires_grad)
+    if isinstance(array, NDArray) and B.device(array) == device:
+        return ndl.Tensor.make_const(array.astype(dtype, copy=False), requires_grad=requires_grad)
     return ndl.Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
-
-
-def _draw(device, kind, shape, dtype):
-    """One numpy draw (``kind``: rand or randn) on ``device``; in nd mode it lands in a
-    floating ``dtype`` directly, so float64 parameters keep every bit of the draw."""
-    if ndl.backend_selection.BACKEND == "nd" and ndl.backend_ndarray.dtypes.is_floating(
-            ndl.backend_ndarray.dtypes.canonical(dtype)):
-        return getattr(device, kind)(*shape, dtype=dtype)
-    return getattr(device, kind)(*shape)
 
 
 def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=False):
     """Uniform in [low, high): one ``np.random.rand(*shape)``."""
     device = default_device() if device is None else device
-    array = _draw(device, "rand", shape, dtype) * (high - low) + low
+    array = B.draw(device, "rand", shape, dtype) * (high - low) + low
     return _make(array, device, dtype, requires_grad)
 
 
 def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad=False):
     """Normal(mean, std^2): one ``np.random.randn(*shape)``."""
     device = default_device() if device is None else device
-    array = _draw(device, "randn", shape, dtype) * std + mean
+    array = B.draw(device, "randn", shape, dtype) * std + mean
     return _make(array, device, dtype, requires_grad)
 
 

@@ -85,8 +85,8 @@ def _host(value):
     """A numpy copy of a Tensor / NDArray / array-like."""
     if isinstance(value, Tensor):
         return np.asarray(value.numpy())
-    if isinstance(value, NDArray):
-        return value.numpy()
+    if isinstance(value, NDArray):  # a backend array (numpy's own in np mode)
+        return B.to_numpy(value)
     return np.asarray(value)
 
 
@@ -457,7 +457,7 @@ def _pool_indices(cols, kernel, stride, padding, dilation, width, unbatched, dev
     """Input-plane positions of the first maximum of each window of cols (N, Ho, Wo, kh, kw, C)."""
     N, Ho, Wo, kh, kw, C = cols.shape
     data = B.compact(cols.realize_cached_data()).reshape((N, Ho, Wo, kh * kw, C))
-    k = np.asarray(B.argmax(data, 3)).astype(np.int64) if B.NP else B.argmax(data, 3).numpy()
+    k = B.to_numpy(B.argmax(data, 3))
     ho = np.arange(Ho).reshape(1, Ho, 1, 1)
     wo = np.arange(Wo).reshape(1, 1, Wo, 1)
     h = ho * stride[0] - padding[0] + (k // kw) * dilation[0]

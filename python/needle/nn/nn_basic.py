@@ -5,7 +5,7 @@ with ``dtype`` in the order fixed by the API contract (the numpy RNG order is
 part of it), and tensors made during ``forward`` go on the input's device.
 """
 from collections import OrderedDict
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Tuple
 
 import numpy as np
 
@@ -321,10 +321,12 @@ class Module:
 
     # ----- checkpoints -------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, Tensor]":
-        """Copies of every parameter and buffer (e.g. BatchNorm running stats), keyed by
-        dotted attribute path. Values are detached Tensors that later training does not change."""
+        """Copies of every parameter and buffer (e.g. BatchNorm running stats) under
+        PyTorch's names: attribute paths, Sequential children by index (``"0.weight"``,
+        ``"layers.2.bias"``, ``"bn.running_mean"``). Values are detached Tensors that
+        later training does not change; a shared Parameter appears once."""
         state = OrderedDict()
-        for name, _, _, t in _named_entries(self, ""):
+        for name, _, _, t in _named_entries(self, "", torch_names=True):
             if name in state:
                 continue
             state[name] = Tensor(_as_numpy(t).copy(), device=t.device, dtype=t.dtype,
@@ -332,42 +334,52 @@ class Module:
         return state
 
     def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True):
-        """Load values (Tensors, NDArrays or numpy arrays) saved by ``state_dict``.
+        """Load values (Tensors, NDArrays, numpy arrays) under ``state_dict()``'s names.
 
-        Parameters are updated in place (optimizers keep working on them). Raises
-        KeyError naming missing (and, when ``strict``, unexpected) keys, and
-        ValueError on a shape mismatch, before changing anything.
+        Parameters are updated in place (optimizers keep working on them). As in
+        PyTorch, a RuntimeError lists every missing and unexpected key (``strict``) and
+        every shape mismatch (always) before anything changes; with ``strict=False``
+        missing and unexpected keys are skipped and returned as
+        ``(missing_keys, unexpected_keys)``.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"load_state_dict expects a dict, got {type(state_dict).__name__}")
         entries = OrderedDict()
-        for name, owner, attr, t in _named_entries(self, ""):
+        for name, owner, attr, t in _named_entries(self, "", torch_names=True):
             entries.setdefault(name, (owner, attr, t))
         missing = [k for k in entries if k not in state_dict]
         unexpected = [k for k in state_dict if k not in entries]
-        if missing or (strict and unexpected):
-            msg = []
-            if missing:
-                msg.append(f"missing keys {missing}")
-            if strict and unexpected:
-                msg.append(f"unexpected keys {unexpected}")
-            raise KeyError(f"load_state_dict for {type(self).__name__}: " + "; ".join(msg))
+        problems = []
+        if strict and missing:
+            problems.append("missing key(s) " + ", ".join(repr(k) for k in missing))
+        if strict and unexpected:
+            problems.append("unexpected key(s) " + ", ".join(repr(k) for k in unexpected))
         arrays = {}
         for name, (_, _, t) in entries.items():
+            if name not in state_dict:
+                continue
             value = _as_numpy(state_dict[name])
             if tuple(value.shape) != tuple(t.shape):
-                raise ValueError(
-                    f"load_state_dict: shape mismatch for {name!r}: checkpoint has "
-                    f"{tuple(value.shape)}, model has {tuple(t.shape)}")
+                problems.append(f"size mismatch for {name!r}: the checkpoint has shape "
+                                f"{tuple(value.shape)}, the model {tuple(t.shape)}")
             arrays[name] = value
-        for name, (owner, attr, t) in entries.items():
-            new = Tensor(arrays[name].astype(_np_dtype(t.dtype)), device=t.device,
+        if problems:
+            raise RuntimeError(f"load_state_dict for {type(self).__name__}: " + "; ".join(problems))
+        for name, value in arrays.items():
+            owner, attr, t = entries[name]
+            new = Tensor(value.astype(_np_dtype(t.dtype)), device=t.device,
                          dtype=t.dtype, requires_grad=False)
             if isinstance(t, Parameter) or owner is None:
                 t.data = new
             else:
                 setattr(owner, attr, new)
-        return self
+        return IncompatibleKeys(missing, unexpected)
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict(strict=False)`` skipped (PyTorch's ``_IncompatibleKeys``)."""
+    missing_keys: List[str]
+    unexpected_keys: List[str]
 
 
 def _np_dtype(dtype) -> np.dtype:
@@ -518,7 +530,7 @@ class SoftmaxLoss(Module):
                              f"[{labels.min()}, {labels.max()}]")
         # One fused pass per row forward and backward (ops_loss); the composition
         # logsumexp(logits) - logits[i, y_i] is its test oracle.
-        return ops.softmax_cross_entropy(logits, labels if ops.array_backend.NP else y)
+        return ops.softmax_cross_entropy(logits, y)  # y, already on the device: no upload of labels
 
 
 class BatchNorm1d(Module):

@@ -4,16 +4,10 @@ import numpy as np
 import needle.init as init
 from needle import ops
 from needle.autograd import Tensor
-from needle.backend_selection import BACKEND
+from needle.ops import array_backend as B
 
 from .nn_basic import Dropout, LayerNorm1d, Linear, Module, ReLU
 from .nn_sequence import Embedding
-
-if BACKEND == "nd":
-    # nd mode only: np mode must import even when the compiled module is missing.
-    from needle.backend_ndarray import ndarray as _ndarray
-else:
-    _ndarray = None
 
 
 class MultiHeadAttention(Module):
@@ -37,9 +31,7 @@ class MultiHeadAttention(Module):
         """(1, 1, i, j) array: -float32max above the diagonal offset ``j - i + 1``, else 0."""
         mask = -np.finfo(np.float32).max * np.triu(
             np.ones((1, 1, i, j), dtype=np.float32), j - i + 1)
-        if _ndarray is None:
-            return mask
-        return _ndarray.array(mask, device=device)
+        return B.array(mask, device)
 
     def matmul(self, a, b_transpose):
         """Batched ``a @ b_transpose^T`` over the last two axes via broadcast, multiply, sum."""

@@ -36,7 +36,7 @@ def get_conv_algorithm():
 
 
 def _use_implicit(X):
-    if B.NP or _algorithm == "im2col" or X.dtype not in _IMPLICIT_DTYPES:
+    if not B.has_backend_conv(X) or _algorithm == "im2col" or X.dtype not in _IMPLICIT_DTYPES:
         return False
     return _algorithm == "implicit" or X.device.name == "cpu"
 

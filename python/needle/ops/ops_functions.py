@@ -18,25 +18,13 @@ import numpy
 
 from .. import init as _init
 from ..autograd import NDArray, Tensor, TensorOp
-from ..backend_selection import BACKEND as _BACKEND
 from ..backend_selection import default_device as _default_device
 from . import array_backend as B
 from .ops_indexing import GetItem
 from .ops_mathematic import broadcast_to, cast, exp, negate
 
-_ND = _BACKEND == "nd"
-if _ND:
-    from ..backend_ndarray import dtypes as _dt
-
 
 # ---- dtype / device helpers ----------------------------------------------------
-def _canonical(dtype):
-    """A dtype name ("float32", ...) from a name, numpy dtype or ``needle.float32``."""
-    if _ND:
-        return _dt.canonical(dtype)
-    return numpy.dtype(dtype).name
-
-
 def _is_floating(dtype):
     return dtype in ("float32", "float64", "float16", "bfloat16")
 
@@ -53,14 +41,8 @@ def _scalar_dtype(value):
 
 
 def _result_dtype(*operands):
-    """PyTorch's promotion of Tensors and Python numbers (``where``'s and ``cat``'s result)."""
-    if _ND:
-        return _dt.result_type(*operands)
-    arrays = [numpy.asarray(x.realize_cached_data()) for x in operands if isinstance(x, Tensor)]
-    scalars = [x for x in operands if not isinstance(x, Tensor)]
-    if not arrays:
-        return _scalar_dtype(scalars[0]) if len(scalars) == 1 else numpy.result_type(*scalars).name
-    return numpy.result_type(*arrays, *scalars).name
+    """The promoted dtype of Tensors and Python numbers (``where``'s result)."""
+    return B.result_type(*[x.realize_cached_data() if isinstance(x, Tensor) else x for x in operands])
 
 
 def _device_of(*values):
@@ -93,8 +75,8 @@ def _as_tensor(value, device):
     """A Tensor (unchanged), or a constant Tensor from an NDArray / numpy array / list on ``device``."""
     if isinstance(value, Tensor):
         return value
-    if _ND and isinstance(value, NDArray):
-        return Tensor.make_const(value if value.device == device else value.to(device))
+    if isinstance(value, NDArray):  # a backend array (numpy's own in np mode)
+        return Tensor.make_const(B.to_device(value, device))
     return Tensor(numpy.asarray(value), device=device, requires_grad=False)
 
 
@@ -106,8 +88,7 @@ class Where(TensorOp):
     cond holds and to y elsewhere (``where(cond, g, 0)`` and ``where(cond, 0, g)``,
     themselves Where nodes, so the adjoint is differentiable); cond gets none.
     The select is exact (no ``x * c + y * (1 - c)``, which turns ``inf * 0`` into NaN):
-    in nd mode x and y are written into one (2n, 1) table and ``gather_rows`` picks
-    row i (x) or n + i (y). Example: ``where(t > 0, t, 0.0)`` is relu(t).
+    see ``array_backend.where``. Example: ``where(t > 0, t, 0.0)`` is relu(t).
     """
 
     def compute(self, cond, x, y):
@@ -116,22 +97,7 @@ class Where(TensorOp):
                 f"where: cond {tuple(cond.shape)}, x {tuple(x.shape)} and y {tuple(y.shape)} must have one shape "
                 f"(the helper where() broadcasts them)"
             )
-        if B.NP:
-            return numpy.where(numpy.asarray(cond, dtype=bool), x, y)
-        dtype = x.dtype if x.dtype == y.dtype else _dt.promote_types(x.dtype, y.dtype)
-        shape, n = tuple(x.shape), x.size
-        device = x.device
-        if n == 0:
-            return device.empty(shape, dtype)
-        table = device.empty((2 * n,), dtype)
-        table[0:n] = x.compact().reshape((n,)) if x.dtype == dtype else x.astype(dtype).reshape((n,))
-        table[n : 2 * n] = y.compact().reshape((n,)) if y.dtype == dtype else y.astype(dtype).reshape((n,))
-        c = cond if cond.dtype == "bool" else (cond != 0)
-        # row i + n (y) minus n where cond holds (x)
-        rows = c.astype("int64").reshape((n,)) * (-n) + NDArray(
-            numpy.arange(n, 2 * n, dtype=numpy.int64), device=device
-        )
-        return table.reshape((2 * n, 1)).gather_rows(rows).reshape(shape)
+        return B.where(cond, x, y)
 
     def gradient(self, out_grad, node):
         cond, x, y = node.inputs
@@ -169,7 +135,7 @@ def where(cond, x, y):
 
     def operand(v):
         if not isinstance(v, Tensor):
-            return Tensor.make_const(_full_array(shape, v, dtype, device))
+            return Tensor.make_const(device.full(shape, v, dtype))
         if v.dtype != dtype:
             v = cast(v, dtype)
         return v if tuple(v.shape) == shape else broadcast_to(v, shape)
@@ -220,22 +186,7 @@ class Cat(TensorOp):
         return dim
 
     def compute(self, *arrays):
-        dim = self._layout([tuple(a.shape) for a in arrays])
-        if B.NP:
-            return numpy.concatenate(arrays, axis=dim)
-        dtype = arrays[0].dtype
-        for a in arrays[1:]:
-            dtype = _dt.promote_types(dtype, a.dtype)
-        shape = list(arrays[0].shape)
-        shape[dim] = sum(a.shape[dim] for a in arrays)
-        out = arrays[0].device.empty(tuple(shape), dtype)
-        lead, off = (slice(None),) * dim, 0
-        for a in arrays:
-            n = a.shape[dim]
-            if n and a.size:
-                out[lead + (slice(off, off + n),)] = a  # setitem casts to the result dtype
-            off += n
-        return out
+        return B.concatenate(arrays, self._layout([tuple(a.shape) for a in arrays]))
 
     def gradient(self, out_grad, node):
         dim = self._layout([tuple(x.shape) for x in node.inputs])
@@ -354,36 +305,30 @@ def erf(a):
 
 
 # ---- factories -----------------------------------------------------------------
-def _full_array(shape, value, dtype, device):
-    if B.NP:
-        return numpy.full(shape, value, dtype=dtype)
-    return device.full(shape, value, dtype)
-
-
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
     """A Tensor of ``shape`` filled with ``fill_value``; dtype from the value when None
     (bool -> bool, int -> int64, float -> float32), like ``torch.full``."""
     shape = _shape_from((shape,) if isinstance(shape, _numbers.Integral) else (shape,), "full")
-    dtype = _scalar_dtype(fill_value) if dtype is None else _canonical(dtype)
+    dtype = _scalar_dtype(fill_value) if dtype is None else B.canonical(dtype)
     device = _default_device() if device is None else device
-    return _wrap(_full_array(shape, fill_value, dtype, device), requires_grad, dtype)
+    return _wrap(device.full(shape, fill_value, dtype), requires_grad, dtype)
 
 
 def zeros(*shape, dtype=None, device=None, requires_grad=False):
     """Zeros of ``shape`` (``zeros(2, 3)`` or ``zeros((2, 3))``), float32 by default.
     Accepts every call ``needle.init.zeros`` does."""
-    dtype = "float32" if dtype is None else _canonical(dtype)
+    dtype = "float32" if dtype is None else B.canonical(dtype)
     return full(_shape_from(shape, "zeros"), 0, dtype=dtype, device=device, requires_grad=requires_grad)
 
 
 def ones(*shape, dtype=None, device=None, requires_grad=False):
     """Ones of ``shape``, float32 by default (see ``zeros``)."""
-    dtype = "float32" if dtype is None else _canonical(dtype)
+    dtype = "float32" if dtype is None else B.canonical(dtype)
     return full(_shape_from(shape, "ones"), 1, dtype=dtype, device=device, requires_grad=requires_grad)
 
 
 def _random(kind, shape, dtype, device, requires_grad):
-    dtype = "float32" if dtype is None else _canonical(dtype)
+    dtype = "float32" if dtype is None else B.canonical(dtype)
     if not _is_floating(dtype):
         raise TypeError(f"{kind}: needs a floating dtype, got {dtype}")
     fn = _init.rand if kind == "rand" else _init.randn
@@ -455,7 +400,7 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
     ints = all(isinstance(v, _numbers.Integral) for v in (start, end, step))
     if dtype is None:
         dtype = "int64" if ints else "float32"
-    dtype = _canonical(dtype)
+    dtype = B.canonical(dtype)
     if ints:
         values = numpy.arange(int(start), int(end), int(step), dtype=numpy.int64)
     else:

@@ -21,7 +21,8 @@ How ``tensor_getitem`` works (derivation note)
   (repeated indices add up), whose adjoint is the gather again, so grad of grad works.
 - ``tensor_setitem`` writes in place into x's data: a basic index through NDArray's view
   setitem; an advanced one by one ``gather_rows`` that picks, for every row of the (N, d)
-  table, the old row or the new one (exact for every dtype, no arithmetic), written back.
+  table, the old row or the new one (exact for every dtype, no arithmetic), written back
+  (``array_backend.set_rows``).
 - Placement follows PyTorch: ints select first (they never count as advanced indices),
   then numpy's rules place the broadcast index dims (in place when the index arrays are
   adjacent, first otherwise). numpy differs only when an int and an array are separated
@@ -303,10 +304,7 @@ class _ViewPlan:
         self.out_shape = tuple(1 if i is None else _slice_len(self.keep[i]) for i in self.layout)
 
     def view(self, a):
-        if B.NP:
-            return a[self.np_index]
-        v = a[self.keep]
-        return v.as_strided(self.out_shape, tuple(0 if i is None else v.strides[i] for i in self.layout))
+        return B.view(a, self)
 
 
 class _GatherPlan:
@@ -368,31 +366,25 @@ class _GatherPlan:
         strides = tuple(coord.itemsize if i == j else 0 for i in range(len(shape)))
         return numpy.lib.stride_tricks.as_strided(coord, shape, strides, writeable=False)
 
-    def rows_on(self, device):
-        """The row numbers as an int64 NDArray on ``device`` (kept for the next call)."""
+    def rows_like(self, like):
+        """The row numbers as the backend's index array on ``like``'s device (kept for the next call)."""
         cached = self._device_rows
-        if cached is None or cached.device != device:
-            cached = self._device_rows = NDArray(self.rows, device=device, dtype="int64")
+        if cached is None or B.device(cached) != B.device(like):
+            cached = self._device_rows = B.index_array(self.rows, like)
         return cached
 
     def gather(self, a):
         """(in_shape) -> (out_shape): out row r = table row rows[r]."""
-        if B.NP:
-            return numpy.ascontiguousarray(a).reshape(self.nk, self.d)[self.rows].reshape(self.out_shape)
         if self.rows.size * self.d == 0:
-            return a.device.full(self.out_shape, 0, a.dtype)
-        return a.reshape((self.nk, self.d)).gather_rows(self.rows_on(a.device)).reshape(self.out_shape)
+            return B.full(self.out_shape, 0, a)
+        return B.gather_rows(a.reshape((self.nk, self.d)), self.rows_like(a)).reshape(self.out_shape)
 
     def scatter_add(self, g):
         """(out_shape) -> (in_shape) zeros with row r of g added at table row rows[r]."""
         k = self.rows.size
-        if B.NP:
-            out = numpy.zeros((self.nk, self.d), dtype=g.dtype)
-            numpy.add.at(out, self.rows, numpy.reshape(g, (k, self.d)))
-            return out.reshape(self.in_shape)
         if k * self.d == 0:
-            return g.device.full(self.in_shape, 0, g.dtype)
-        return g.reshape((k, self.d)).scatter_add_rows(self.rows_on(g.device), self.nk).reshape(self.in_shape)
+            return B.full(self.in_shape, 0, g)
+        return B.scatter_add_rows(g.reshape((k, self.d)), self.rows_like(g), self.nk).reshape(self.in_shape)
 
 
 def _plan(index, shape, what):
@@ -428,13 +420,8 @@ class IndexViewAdjoint(TensorOp):
         self.plan = plan
 
     def compute(self, a):
-        plan = self.plan
-        if B.NP:
-            out = numpy.zeros(plan.in_shape, dtype=a.dtype)
-            out[plan.np_index] = a
-            return out
-        out = a.device.full(plan.in_shape, 0, a.dtype)
-        out[plan.keep] = a  # same element count: copied in row-major order
+        out = B.full(self.plan.in_shape, 0, a)
+        B.write_view(out, self.plan, a)
         return out
 
     def gradient(self, out_grad, node):
@@ -502,10 +489,8 @@ def _value_array(value, data, shape, what):
         value = value.realize_cached_data()
     if isinstance(value, (bool, int, float, numpy.generic)) and not isinstance(value, numpy.ndarray):
         return value
-    if B.NP:
-        arr = numpy.asarray(value, dtype=data.dtype)
-    elif isinstance(value, NDArray):
-        arr = value if value.device == data.device else NDArray(value.numpy(), device=data.device, dtype=value.dtype)
+    if isinstance(value, NDArray):  # a backend array (numpy's own in np mode)
+        arr = B.to_device(value, B.device(data))
         arr = arr if arr.dtype == data.dtype else arr.astype(data.dtype)
     else:
         try:
@@ -516,7 +501,7 @@ def _value_array(value, data, shape, what):
             raise TypeError(
                 f"{what}: value must be a Tensor, NDArray, numpy array or number, got {type(value).__name__}"
             )
-        arr = NDArray(host, device=data.device, dtype=data.dtype)
+        arr = B.array(host, B.device(data), data.dtype)
     vshape = tuple(arr.shape)
     trimmed = vshape
     while len(trimmed) > len(shape) and trimmed[0] == 1:  # leading 1s go, as in numpy and PyTorch
@@ -562,28 +547,10 @@ def tensor_setitem(x, index, value):
     plan = _plan(index, data.shape, what)
     val = _value_array(value, data, plan.out_shape, what)
     if isinstance(plan, _ViewPlan):
-        if B.NP:
-            data[plan.np_index] = val
-        else:
-            data[plan.keep] = val  # same element count as the view (or a number)
+        B.write_view(data, plan, val)
         return x
-    nk, d, rows = plan.nk, plan.d, plan.rows
-    k = rows.size
+    k, d = plan.rows.size, plan.d
     if k * d == 0:
         return x
-    if B.NP:
-        pos = (rows[:, None] * d + numpy.arange(d)).reshape(-1)
-        data.flat[pos] = numpy.broadcast_to(val, plan.out_shape).reshape(-1)
-        return x
-    # Table rows 0..nk-1 are x's rows, nk..nk+k-1 the new ones; pick old or new per row.
-    table = data.device.empty((nk + k, d), data.dtype)
-    table[0:nk] = data.reshape((nk, d))
-    if isinstance(val, NDArray):
-        table[nk:nk + k] = val.compact().reshape((k, d))
-    else:
-        table[nk:nk + k] = val
-    pick = numpy.arange(nk, dtype=numpy.int64)
-    pick[rows] = nk + numpy.arange(k, dtype=numpy.int64)  # repeated rows: the last one wins
-    new = table.gather_rows(NDArray(pick, device=data.device, dtype="int64"))
-    data[(slice(None),) * data.ndim] = new.reshape(data.shape)
+    B.set_rows(data, plan.rows, d, val.reshape((k, d)) if isinstance(val, NDArray) else val)
     return x

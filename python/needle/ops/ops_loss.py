@@ -15,24 +15,18 @@ differentiable.
 """
 import numpy
 
-from ..autograd import NDArray, Tensor, TensorOp
+from ..autograd import Tensor, TensorOp
 from . import array_backend as B
 from .ops_logarithmic import logsoftmax
 from .ops_mathematic import broadcast_to, exp, reshape, summation
 
 
 def _label_array(labels, like):
-    """Labels as int64 numpy (np mode) or an (n,) NDArray on ``like``'s device (any integer
-    dtype, or the course's float32-encoded class numbers)."""
+    """Labels (a Tensor, array or list of class numbers: any integer dtype, or the
+    course's float32-encoded ones) as the backend's (n,) index array on ``like``'s device."""
     if isinstance(labels, Tensor):
         labels = labels.realize_cached_data()
-    if B.NP:
-        return numpy.asarray(labels).astype(numpy.int64).reshape(-1)
-    if isinstance(labels, NDArray):
-        if labels.device != like.device:
-            labels = labels.to(like.device)
-        return labels.compact().reshape((labels.size,))
-    return NDArray(numpy.asarray(labels).reshape(-1), device=like.device)
+    return B.index_array(labels, like)
 
 
 def _check(z, labels, op):
@@ -41,11 +35,6 @@ def _check(z, labels, op):
     n = z.shape[0]
     if labels.shape[0] != n:
         raise ValueError(f"{op}: {labels.shape[0]} labels for logits of shape {tuple(z.shape)}")
-
-
-def _np_lse(z):
-    m = z.max(axis=1)
-    return numpy.log(numpy.exp(z - m[:, None]).sum(axis=1)) + m
 
 
 class SoftmaxCrossEntropy(TensorOp):
@@ -64,16 +53,7 @@ class SoftmaxCrossEntropy(TensorOp):
         labels = _label_array(self.labels, z)
         _check(z, labels, "softmax_cross_entropy")
         self.labels = labels
-        n, k = z.shape
-        if B.NP:
-            if labels.size and (labels.min() < 0 or labels.max() >= k):
-                raise IndexError(f"softmax_cross_entropy: labels must lie in [0, {k})")
-            self.lse = _np_lse(z)
-            return numpy.asarray(numpy.mean(self.lse - z[numpy.arange(n), labels]), dtype=z.dtype)
-        if z.dtype not in NDArray.FUSED_DTYPES:  # halves: the loss is computed in float32
-            loss, self.lse = z.astype("float32").softmax_xent(labels)
-            return loss.astype(z.dtype)
-        loss, self.lse = z.softmax_xent(labels)
+        loss, self.lse = B.softmax_xent(z, labels)
         return loss
 
     def gradient(self, out_grad, node):
@@ -100,15 +80,7 @@ class SoftmaxCrossEntropyGrad(TensorOp):
         self.lse = lse
 
     def compute(self, z, g):
-        n, k = z.shape
-        if B.NP:
-            p = numpy.exp(z - self.lse[:, None])
-            p[numpy.arange(n), self.labels] -= 1
-            return (p * (numpy.asarray(g).reshape(()) / n)).astype(z.dtype, copy=False)
-        if z.dtype not in NDArray.FUSED_DTYPES:
-            grad = z.astype("float32").softmax_xent_grad(self.labels, self.lse, g.astype("float32"), 1.0 / n)
-            return grad.astype(z.dtype)
-        return z.softmax_xent_grad(self.labels, self.lse, g, 1.0 / n)
+        return B.softmax_xent_grad(z, self.labels, self.lse, g)
 
     def gradient(self, out_grad, node):
         z, g = node.inputs
@@ -118,17 +90,9 @@ class SoftmaxCrossEntropyGrad(TensorOp):
         row = broadcast_to(reshape(summation(sh, (1,)), (n, 1)), (n, k))
         scale = broadcast_to(reshape(g, (1, 1)), (n, k)) / n
         dz = (sh - s * row) * scale
-        onehot = Tensor.make_const(_one_hot(self.labels, k, z.realize_cached_data()))
+        onehot = Tensor.make_const(B.one_hot(self.labels, k, z.realize_cached_data()))
         dg = reshape(summation((s - onehot) * out_grad) / n, g.shape)
         return dz, dg
-
-
-def _one_hot(labels, k, like):
-    if B.NP:
-        out = numpy.zeros((labels.size, k), dtype=like.dtype)
-        out[numpy.arange(labels.size), labels] = 1
-        return out
-    return like.device.one_hot(k, labels.numpy().astype(numpy.int64))
 
 
 def softmax_cross_entropy_composition(logits, labels):

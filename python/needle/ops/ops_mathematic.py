@@ -11,7 +11,7 @@ from numbers import Number
 
 import numpy
 
-from ..autograd import NDArray, Tensor, TensorOp, TensorTupleOp
+from ..autograd import Tensor, TensorOp, TensorTupleOp
 from . import array_backend as B
 from .ops_tuple import make_tuple
 
@@ -65,9 +65,7 @@ def _check_scalar(op, scalar):
     ok = isinstance(scalar, (Number, numpy.generic)) or (isinstance(scalar, numpy.ndarray) and scalar.size == 1)
     if not ok or isinstance(scalar, bool):
         raise TypeError(f"{op}: expected a number, got {type(scalar).__name__}")
-    if isinstance(scalar, numpy.ndarray) and not B.NP:
-        return float(scalar.reshape(-1)[0])  # NDArray ops take Python scalars
-    return scalar
+    return B.scalar_operand(scalar) if isinstance(scalar, numpy.ndarray) else scalar
 
 
 def _const(array):
@@ -628,15 +626,11 @@ def matmul(a, b):
 
 # ---- row gather / scatter-add ------------------------------------------------
 def _row_index_array(indices, like):
-    """Integer row numbers as the backend's index array: int64 numpy (np mode) or a (k,)
-    NDArray on ``like``'s device (integers, or the course's integer-valued floats)."""
+    """Integer row numbers (a Tensor, array or list of integers, or the course's
+    integer-valued floats) as the backend's (k,) index array on ``like``'s device."""
     if isinstance(indices, Tensor):
         indices = indices.realize_cached_data()
-    if B.NP:
-        return numpy.asarray(indices).astype(numpy.int64).reshape(-1)
-    if isinstance(indices, numpy.ndarray) or not hasattr(indices, "compact"):
-        indices = NDArray(numpy.asarray(indices).reshape(-1), device=like.device)
-    return indices.reshape((indices.size,))
+    return B.index_array(indices, like)
 
 
 class GatherRows(TensorOp):
@@ -654,11 +648,7 @@ class GatherRows(TensorOp):
             raise ValueError(f"gather_rows: need a 2-D tensor, got shape {tuple(a.shape)}")
         idx = _row_index_array(self.indices, a)
         self.indices = idx
-        if B.NP:
-            if idx.size and (idx.min() < 0 or idx.max() >= a.shape[0]):
-                raise IndexError(f"gather_rows: indices must lie in [0, {a.shape[0]})")
-            return a[idx]
-        return a.gather_rows(idx)
+        return B.gather_rows(a, idx)
 
     def gradient(self, out_grad, node):
         return ScatterAddRows(self.indices, node.inputs[0].shape[0])(out_grad)
@@ -682,13 +672,7 @@ class ScatterAddRows(TensorOp):
         self.indices = idx
         if idx.shape[0] != a.shape[0]:
             raise ValueError(f"scatter_add_rows: {idx.shape[0]} indices for {a.shape[0]} rows")
-        if B.NP:
-            if idx.size and (idx.min() < 0 or idx.max() >= self.num_rows):
-                raise IndexError(f"scatter_add_rows: indices must lie in [0, {self.num_rows})")
-            out = numpy.zeros((self.num_rows, a.shape[1]), dtype=a.dtype)
-            numpy.add.at(out, idx, a)
-            return out
-        return a.scatter_add_rows(idx, self.num_rows)
+        return B.scatter_add_rows(a, idx, self.num_rows)
 
     def gradient(self, out_grad, node):
         return GatherRows(self.indices)(out_grad)
@@ -732,13 +716,7 @@ class Split(TensorTupleOp):
     def compute(self, A):
         if not -A.ndim <= self.axis < A.ndim:
             raise ValueError(f"split: axis {self.axis} out of range for shape {tuple(A.shape)}")
-        axis = self.axis % A.ndim
-        shape = tuple(n for i, n in enumerate(A.shape) if i != axis)
-        if not B.NP:
-            # Each part is a view with the axis dropped (no index parsing), copied once.
-            return tuple(A.split_copies(axis))
-        lead = (slice(None),) * axis
-        return tuple(B.copy(A[lead + (slice(i, i + 1),)]).reshape(shape) for i in range(A.shape[axis]))
+        return B.split(A, self.axis % A.ndim)
 
     def gradient(self, out_grad, node):
         return stack(out_grad, self.axis)

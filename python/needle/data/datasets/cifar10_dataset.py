@@ -28,11 +28,35 @@ def _fetch_archive(folder, missing):
                     dst.write(src.read())
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only.
+
+    The batches are pickles by their format, and a pickle can call any function it
+    names. Here a name resolves only if it rebuilds an array or a numpy scalar (numpy's
+    reconstruction helpers, ``ndarray``, ``dtype``) or the bytes of a protocol-2 pickle written by
+    Python 3 (``_codecs.encode``); anything else is an UnpicklingError, so a tampered
+    batch fails before any of its code runs.
+    """
+
+    ALLOWED = {
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds "
+                                         f"only dicts, lists, bytes, numbers and numpy arrays")
+        return super().find_class(module, name)
+
+
 def read_cifar_batch(path):
     """-> (data uint8 (N, 3072), labels int (N,)); ValueError on anything else."""
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             ImportError, IndexError) as e:
         raise ValueError(f"CIFAR-10: {path!r} is not a CIFAR-10 pickle batch ({e})") from None
