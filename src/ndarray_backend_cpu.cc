@@ -71,6 +71,11 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
       .def_property_readonly("dtype", [](const Buffer& b) { return py::reinterpret_borrow<py::str>(dtype_str(b.dtype)); })
       .def_property_readonly("itemsize", &Buffer::itemsize);
 
+  // Array(size, dtype) as a function: a call skips the class-constructor round trip
+  // (tp_new, then __init__ through the type's dict), about half of the cost of the
+  // buffer that every NDArray op result allocates.
+  m.def("new_array", [](int64_t size, py::handle dtype) { return std::make_unique<Buffer>(size, dtype_arg(dtype)); },
+        py::arg("size"), py::arg("dtype"), "A new Array (same as Array(size, dtype)).");
   m.def("wrap_external", [](size_t address, int64_t size, py::object dtype) {
     return std::make_unique<Buffer>(reinterpret_cast<void*>(address), size, dtype_arg(dtype));
   }, py::arg("address"), py::arg("size"), py::arg("dtype"),

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from . import ndarray_backend_numpy
+from .dtypes import canonical
 
 # Idle OpenMP threads sleep instead of spinning: on a shared machine a
 # spinning team steals the cores that the other threads are waiting for.
@@ -17,12 +18,28 @@ _CACHE = {}
 
 
 class BackendDevice:
-    """A backend device: ``name`` and the kernel module ``mod`` (None if unavailable)."""
+    """A backend device: ``name`` and the kernel module ``mod`` (None if unavailable).
+
+    The module's functions are read as attributes of the device (``device.ewise_add``).
+    A working device copies them into its own ``__dict__`` once, so that these reads,
+    several per op, take Python's plain attribute path; a device without a module is a
+    ``_MissingDevice``, whose ``__getattr__`` says why it has none.
+    """
+
+    def __new__(cls, name=None, mod=None, reason=None):
+        return object.__new__(_MissingDevice if mod is None and cls is BackendDevice else cls)
 
     def __init__(self, name, mod, reason=None):
         self.name = name
         self.mod = mod
         self.reason = reason if mod is None else None
+        if mod is not None:
+            for key, value in vars(mod).items():
+                if (not key.startswith("__") or key in _MODULE_CONSTANTS) and not hasattr(BackendDevice, key):
+                    self.__dict__.setdefault(key, value)
+            # Every op result allocates a buffer: ``new_array`` is ``Array(size, dtype)`` as a plain
+            # function where the module has one (the CPU module), else the Array class itself.
+            self.new_array = getattr(mod, "new_array", mod.Array)
 
     def __eq__(self, other):
         return isinstance(other, BackendDevice) and self.name == other.name
@@ -32,15 +49,6 @@ class BackendDevice:
 
     def __repr__(self):
         return self.name + "()"
-
-    def __getattr__(self, name):
-        mod = self.__dict__.get("mod")
-        if mod is None:
-            raise AttributeError(f"{self.__dict__.get('name')}: {self.__dict__.get('reason')}")
-        value = getattr(mod, name)
-        if callable(value):
-            self.__dict__[name] = value  # later lookups skip __getattr__
-        return value
 
     def enabled(self):
         return self.mod is not None
@@ -52,30 +60,23 @@ class BackendDevice:
 
     # Constructors (they draw from the global numpy RNG; API.md section 12).
     def rand(self, *shape, dtype="float32"):
-        from .ndarray import NDArray
-
-        return NDArray(np.random.rand(*shape), device=self, dtype=dtype)
+        return _nd.NDArray(np.random.rand(*shape), device=self, dtype=dtype)
 
     def randn(self, *shape, dtype="float32"):
-        from .ndarray import NDArray
-
-        return NDArray(np.random.randn(*shape), device=self, dtype=dtype)
+        return _nd.NDArray(np.random.randn(*shape), device=self, dtype=dtype)
 
     def one_hot(self, n, i, dtype="float32"):
-        from .ndarray import NDArray
-
         idx = np.asarray(i).astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"one_hot: indices must lie in [0, {n}), got range [{idx.min()}, {idx.max()}]")
         # Scatter ones into zeros: np.eye(n)[idx] would build an n x n matrix first.
         out = np.zeros(idx.shape + (n,), dtype=np.float32)
         np.put_along_axis(out, idx[..., None], 1.0, axis=-1)
-        return NDArray(out, device=self, dtype=dtype)
+        return _nd.NDArray(out, device=self, dtype=dtype)
 
     def empty(self, shape, dtype="float32"):
-        from .ndarray import NDArray
-
-        return NDArray.make(_shape_tuple(shape), device=self, dtype=dtype)
+        self.require()
+        return _nd._alloc(_shape_tuple(shape), self, canonical(dtype))
 
     def full(self, shape, fill_value, dtype="float32"):
         arr = self.empty(shape, dtype)
@@ -83,13 +84,28 @@ class BackendDevice:
         return arr
 
 
-_INT_TYPES = {int}
+# Module attributes with dunder names that are read through the device.
+_MODULE_CONSTANTS = ("__device_name__", "__tile_size__")
+
+
+class _MissingDevice(BackendDevice):
+    """A device whose kernel module could not be loaded: every kernel lookup raises
+    AttributeError with the reason ("cuda: not built ...")."""
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"{self.__dict__.get('name')}: {self.__dict__.get('reason')}")
 
 
 def _shape_tuple(shape):
     """Validated shape as a tuple of non-negative Python ints."""
-    if type(shape) is tuple and set(map(type, shape)) <= _INT_TYPES and min(shape, default=0) >= 0:
-        return shape
+    if type(shape) is tuple:
+        for s in shape:
+            if type(s) is not int or s < 0:
+                break
+        else:
+            return shape  # the common case, already valid
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     shape = tuple(shape)
@@ -160,3 +176,8 @@ def cuda_memory_stats():
     dev = cuda()
     dev.require()
     return dict(dev.mod.memory_stats())
+
+
+# ndarray imports this module; bound last, so that either module may be imported first.
+# (An import inside a function would cost a microsecond on every call.)
+from . import ndarray as _nd  # noqa: E402
