@@ -67,12 +67,37 @@ def _new(shape, strides, device, handle, offset, dtype=None):
 def _alloc(shape, device, dtype="float32"):
     """A new compact array of a validated shape and a canonical dtype name."""
     array = object.__new__(NDArray)
+    size = math.prod(shape)
     array._shape = shape
     array._strides = _compact_strides(shape)
     array._offset = 0
     array._device = device
-    array._handle = device.Array(math.prod(shape), dtype)
+    array._handle = device.new_array(size, dtype)
     array._dtype = dtype
+    if size:
+        array._flat = size
+    return array
+
+
+def _flat_like(a, handle, dtype):
+    """A new array with flat ``a``'s shape and strides over the fresh buffer ``handle``."""
+    array = object.__new__(NDArray)
+    array._shape = a._shape
+    array._strides = a._strides
+    array._offset = 0
+    array._device = a._device
+    array._handle = handle
+    array._dtype = dtype
+    array._flat = a._flat
+    return array
+
+
+def _fresh(shape, strides, device, handle, dtype, size):
+    """A new array over the fresh buffer ``handle`` of ``size`` elements laid out with the
+    dense ``strides`` (flat when they are the compact ones)."""
+    array = _new(shape, strides, device, handle, 0, dtype)
+    if size and strides == _compact_strides(shape):
+        array._flat = size
     return array
 
 
@@ -240,13 +265,51 @@ def _from_numpy(data, device, dtype):
     return array
 
 
+def _elementwise(ewise, scalar, what, out_dtype=None, float_only=False):
+    """The NDArray method ``self <op> other`` over the backend kernels named ``ewise`` (an
+    array operand) and ``scalar`` (a number); ``what`` names the op in errors.
+
+    The common case runs here, in one frame: two flat arrays of one shape, dtype and
+    device, or a flat floating array and a Python number (which never widens it). Every
+    other case (promotion, broadcasting, strided or permuted layouts, size 0) goes
+    through ``ewise_or_scalar``, which checks everything.
+    """
+    def method(self, other):
+        n = self._flat
+        if n:
+            device, dtype = self._device, self._dtype
+            if type(other) is NDArray:
+                if (other._flat and other._shape == self._shape and other._dtype is dtype
+                        and other._device is device and (not float_only or dtype in _dt.FLOATING)):
+                    dtype = out_dtype or dtype
+                    handle = device.new_array(n, dtype)
+                    getattr(device, ewise)(self._handle, other._handle, handle)
+                    return _flat_like(self, handle, dtype)
+            elif (type(other) is float or type(other) is int) and dtype in _dt.FLOATING:
+                dtype = out_dtype or dtype
+                handle = device.new_array(n, dtype)
+                getattr(device, scalar)(self._handle, other, handle)
+                return _flat_like(self, handle, dtype)
+        device = self._device
+        return self.ewise_or_scalar(other, getattr(device, ewise), getattr(device, scalar), what, out_dtype,
+                                    float_only)
+
+    return method
+
+
 class NDArray:
     """An N-d array of one dtype (``dtypes.DTYPES``, float32 by default) on a device.
 
     Fields: ``_shape``, ``_strides`` (in elements), ``_offset`` (in elements), ``_dtype``,
     ``_device`` and ``_handle`` (the typed device buffer, shared by views; its
-    ``dtype`` is the array's).
+    ``dtype`` is the array's), and ``_flat``: the element count when the array is all of
+    its buffer in row-major order (compact strides, offset 0, as many elements as the
+    buffer; never for size 0), else 0. Headers made for fresh compact buffers set it; a
+    header that does not is merely slower: the fast paths below test ``_flat`` alone
+    where they would otherwise compare strides and ask the buffer for its size.
     """
+
+    _flat = 0
 
     def __init__(self, other, device=None, dtype=None):
         if isinstance(other, NDArray):
@@ -271,6 +334,7 @@ class NDArray:
         self._device = other._device
         self._handle = other._handle
         self._dtype = other._dtype
+        self._flat = other._flat
 
     @staticmethod
     def compact_strides(shape):
@@ -289,7 +353,10 @@ class NDArray:
             raise TypeError(f"device must be a BackendDevice, got {array._device!r}")
         if handle is None:
             array._device.require()
-            array._handle = array._device.Array(prod(array._shape), _dt.canonical(dtype))
+            size = prod(array._shape)
+            array._handle = array._device.new_array(size, _dt.canonical(dtype))
+            if size and strides is None and not array._offset:
+                array._flat = size
         else:
             array._handle = handle
         array._dtype = array._handle.dtype
@@ -377,11 +444,13 @@ class NDArray:
         return out if dtype is None else out.astype(dtype)
 
     def is_compact(self):
+        if self._flat:
+            return True
         return self._strides == _compact_strides(self._shape) and math.prod(self._shape) == self._handle.size
 
     def compact(self):
         """Self if compact, else a compact copy."""
-        if self.is_compact():
+        if self._flat or self.is_compact():
             return self
         if _copy_hook is not None:  # needle.profiler counts the copies ops force
             _copy_hook(prod(self._shape) * self._handle.itemsize)
@@ -428,11 +497,13 @@ class NDArray:
         new_shape = _shape_tuple(new_shape)
         if math.prod(new_shape) != size:
             raise ValueError(f"reshape: cannot reshape array of shape {self.shape} (size {size}) into {new_shape}")
-        if self._strides == _compact_strides(self._shape) and self._handle.size == size:
+        if self._flat or (self._strides == _compact_strides(self._shape) and self._handle.size == size):
             base = self  # compact (any offset): a view
         else:
             base = self.compact()
-        return _new(new_shape, _compact_strides(new_shape), self._device, base._handle, base._offset, self._dtype)
+        out = _new(new_shape, _compact_strides(new_shape), self._device, base._handle, base._offset, self._dtype)
+        out._flat = base._flat
+        return out
 
     def permute(self, new_axes):
         new_axes = tuple(new_axes)
@@ -588,7 +659,7 @@ class NDArray:
         the result gets its strides, and the other operand is copied into that layout."""
         dtype = self._dtype
         if type(other) is NDArray and other._dtype is dtype:
-            is_array = True  # the common case: no promotion
+            is_array = True  # no promotion
         elif (type(other) is float or type(other) is int) and dtype in _dt.FLOATING:
             is_array = False  # a Python number never widens a float array
         else:
@@ -610,14 +681,14 @@ class NDArray:
                 compact = _compact_strides(shape)
                 if (self._strides == compact and other._strides == compact and not self._offset
                         and not other._offset and self._handle.size == size and other._handle.size == size):
-                    # Both operands compact: the common case, no layout work.
-                    handle = device.Array(size, dtype)
+                    # Both operands compact: no layout work.
+                    handle = device.new_array(size, dtype)
                     ewise_func(self._handle, other._handle, handle)
-                    return _new(shape, compact, device, handle, 0, dtype)
+                    return _fresh(shape, compact, device, handle, dtype, size)
         elif size and not self._offset and self._handle.size == size and self._strides == _compact_strides(shape):
-            handle = device.Array(size, dtype)
+            handle = device.new_array(size, dtype)
             scalar_func(self._handle, other, handle)
-            return _new(shape, self._strides, device, handle, 0, dtype)
+            return _fresh(shape, self._strides, device, handle, dtype, size)
         if size == 0:
             return _alloc(shape, device, dtype)
         if is_array and what in _ROW_OPS and out_dtype is None:
@@ -629,31 +700,29 @@ class NDArray:
             strides = _dense_strides(other, size)
         if strides is None:
             strides = _compact_strides(shape)
-        handle = device.Array(size, dtype)
+        handle = device.new_array(size, dtype)
         if is_array:
             ewise_func(_in_layout(self, strides), _in_layout(other, strides), handle)
         else:
             scalar_func(_in_layout(self, strides), other, handle)
-        return _new(shape, strides, device, handle, 0, dtype)
+        return _fresh(shape, strides, device, handle, dtype, size)
 
     def _ewise_rows(self, other, op, size):
         """f(full, row) when one operand is compact and the other is a row of its trailing
         axes broadcast over the leading ones (a bias); None when the operands are not so."""
-        compact = _compact_strides(self._shape)
         for full, row, swap in ((self, other, False), (other, self, True)):
-            if full._strides != compact or full._offset or full._handle.size != size:
+            if not full._flat and not (full._strides == _compact_strides(full._shape) and not full._offset
+                                       and full._handle.size == size):
                 continue
             cols = _row_cols(row._shape, row._strides)
             if cols is None:
                 continue
-            handle = self._device.Array(size, self._dtype)
+            handle = self._device.new_array(size, self._dtype)
             self._device.ewise_rows(op, full._handle, row._handle, row._offset, handle, cols, swap)
-            return _new(self._shape, compact, self._device, handle, 0, self._dtype)
+            return _fresh(self._shape, _compact_strides(self._shape), self._device, handle, self._dtype, size)
         return None
 
-    def __add__(self, other):
-        return self.ewise_or_scalar(other, self._device.ewise_add, self._device.scalar_add, "add")
-
+    __add__ = _elementwise("ewise_add", "scalar_add", "add")
     __radd__ = __add__
 
     def __sub__(self, other):
@@ -662,15 +731,11 @@ class NDArray:
     def __rsub__(self, other):
         return other + (-self)
 
-    def __mul__(self, other):
-        return self.ewise_or_scalar(other, self._device.ewise_mul, self._device.scalar_mul, "multiply")
-
+    __mul__ = _elementwise("ewise_mul", "scalar_mul", "multiply")
     __rmul__ = __mul__
 
-    def __truediv__(self, other):
-        """True division: integer operands give float32 (PyTorch's rule)."""
-        return self.ewise_or_scalar(other, self._device.ewise_div, self._device.scalar_div, "divide",
-                                    float_only=True)
+    # True division: integer operands give float32 (PyTorch's rule).
+    __truediv__ = _elementwise("ewise_div", "scalar_div", "divide", float_only=True)
 
     def __rtruediv__(self, other):
         if not _is_scalar(other):
@@ -684,50 +749,34 @@ class NDArray:
             raise TypeError("negate: not defined for bool arrays (use logical not)")
         return self * (-1)
 
-    def __pow__(self, other):
-        return self.ewise_or_scalar(other, self._device.ewise_power, self._device.scalar_power, "power")
-
-    def maximum(self, other):
-        return self.ewise_or_scalar(other, self._device.ewise_maximum, self._device.scalar_maximum, "maximum")
+    __pow__ = _elementwise("ewise_power", "scalar_power", "power")
+    maximum = _elementwise("ewise_maximum", "scalar_maximum", "maximum")
 
     # Comparisons return bool arrays (numpy's semantics: NaN compares unequal to everything).
-    def __eq__(self, other):
-        d = self._device
-        return self.ewise_or_scalar(other, d.ewise_eq, d.scalar_eq, "eq", out_dtype="bool")
-
-    def __ne__(self, other):
-        d = self._device
-        return self.ewise_or_scalar(other, d.ewise_ne, d.scalar_ne, "ne", out_dtype="bool")
-
-    def __lt__(self, other):
-        d = self._device
-        return self.ewise_or_scalar(other, d.ewise_lt, d.scalar_lt, "lt", out_dtype="bool")
-
-    def __le__(self, other):
-        d = self._device
-        return self.ewise_or_scalar(other, d.ewise_le, d.scalar_le, "le", out_dtype="bool")
-
-    def __gt__(self, other):
-        d = self._device
-        return self.ewise_or_scalar(other, d.ewise_gt, d.scalar_gt, "gt", out_dtype="bool")
-
-    def __ge__(self, other):
-        d = self._device
-        return self.ewise_or_scalar(other, d.ewise_ge, d.scalar_ge, "ge", out_dtype="bool")
+    __eq__ = _elementwise("ewise_eq", "scalar_eq", "eq", out_dtype="bool")
+    __ne__ = _elementwise("ewise_ne", "scalar_ne", "ne", out_dtype="bool")
+    __lt__ = _elementwise("ewise_lt", "scalar_lt", "lt", out_dtype="bool")
+    __le__ = _elementwise("ewise_le", "scalar_le", "le", out_dtype="bool")
+    __gt__ = _elementwise("ewise_gt", "scalar_gt", "gt", out_dtype="bool")
+    __ge__ = _elementwise("ewise_ge", "scalar_ge", "ge", out_dtype="bool")
 
     __hash__ = None
 
     def _unary(self, func):
         """func on a floating dtype (integer and bool input is computed in float32)."""
+        if self._flat and self._dtype in _dt.FLOATING:
+            handle = self._device.new_array(self._flat, self._dtype)
+            func(self._handle, handle)
+            return _flat_like(self, handle, self._dtype)
         if self._dtype not in _dt.FLOATING:
             self = self.astype(_dt.DEFAULT_FLOAT)
         size = math.prod(self._shape)
         if size == 0:
             return _alloc(self._shape, self._device, self._dtype)
         strides = _dense_strides(self, size) or _compact_strides(self._shape)
-        handle = self._device.Array(size, self._dtype)
+        handle = self._device.new_array(size, self._dtype)
         func(_in_layout(self, strides), handle)
-        return _new(self._shape, strides, self._device, handle, 0, self._dtype)
+        return _fresh(self._shape, strides, self._device, handle, self._dtype, size)
 
     def log(self):
         return self._unary(self._device.ewise_log)
@@ -739,8 +788,9 @@ class NDArray:
         return self._unary(self._device.ewise_tanh)
 
     # ---- matrix multiplication -------------------------------------------
-    def __matmul__(self, other):
-        """numpy matmul semantics: 1-D promoted, batch dims broadcast.
+    def matmul(self, other, trans_a=False, trans_b=False):
+        """``op(self) @ op(other)`` with numpy's matmul semantics (1-D promoted, batch dims
+        broadcast), op swapping the last two axes of an operand whose flag is set.
 
         The backend's ``bmm`` reads both operands through their strides, so
         transposed and broadcast views are multiplied without a copy.
@@ -753,20 +803,27 @@ class NDArray:
                 raise TypeError(f"matmul: not defined for bool arrays (shapes {self.shape} and {other.shape})")
             self, other = self.astype(dtype, copy=False), other.astype(dtype, copy=False)
         if len(self._shape) == 2 and len(other._shape) == 2 and other._device is self._device:
-            # The common 2-D case without the batch bookkeeping.
-            m, n = self._shape
-            n2, p = other._shape
+            # The common 2-D case without the batch bookkeeping; a transpose is a swap of strides.
+            (m, n), (sa0, sa1) = self._shape, self._strides
+            if trans_a:
+                m, n, sa0, sa1 = n, m, sa1, sa0
+            (n2, p), (sb0, sb1) = other._shape, other._strides
+            if trans_b:
+                n2, p, sb0, sb1 = p, n2, sb1, sb0
             if n != n2:
-                raise ValueError(f"matmul: shapes {self.shape} and {other.shape} are not aligned ({n} != {n2})")
+                raise ValueError(f"matmul: shapes {(m, n)} and {(n2, p)} are not aligned ({n} != {n2})")
             out = _alloc((m, p), self._device, self._dtype)
             if m and p:
                 if n == 0:
                     out.fill(0.0)
                 else:
-                    sa, sb = self._strides, other._strides
                     self._device.bmm(self._handle, other._handle, out._handle, 1, m, n, p,
-                                     [0, sa[0], sa[1]], self._offset, [0, sb[0], sb[1]], other._offset)
+                                     [0, sa0, sa1], self._offset, [0, sb0, sb1], other._offset)
             return out
+        if trans_a:
+            self = self._swap_last("matmul")
+        if trans_b:
+            other = other._swap_last("matmul")
         if other.device != self.device:
             raise ValueError(f"matmul: arrays on different devices ({self.device} and {other.device})")
         if self.ndim == 0 or other.ndim == 0:
@@ -804,6 +861,16 @@ class NDArray:
         if other.ndim == 1:
             out = out.reshape(out.shape[:-1])
         return out
+
+    __matmul__ = matmul
+
+    def _swap_last(self, what):
+        """A view with the last two axes swapped (ValueError naming ``what`` below 2-D)."""
+        if len(self._shape) < 2:
+            raise ValueError(f"{what}: need at least 2 dims to swap the last two, got shape {self.shape}")
+        shape, strides = self._shape, self._strides
+        return _new(shape[:-2] + (shape[-1], shape[-2]), strides[:-2] + (strides[-1], strides[-2]), self._device,
+                    self._handle, self._offset, self._dtype)
 
     # ---- convolution ----------------------------------------------------------
     def conv2d(self, weight, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1):
@@ -876,6 +943,12 @@ class NDArray:
         if func is self._device.reduce_sum and dtype not in _dt.FLOATING:
             dtype = "int64"
         ndim = len(self._shape)
+        n = self._flat
+        if n and (axis is None or (ndim and axis == tuple(range(ndim)))):
+            # Every axis of a flat array: one run over the whole buffer.
+            out = _alloc((1,) * ndim if keepdims else (1,) if axis is None else (), self._device, dtype)
+            func(self._handle, out._handle, n)
+            return out
         if not keepdims and ndim and (axis == ndim - 1 or axis == (ndim - 1,) or axis == -1 or axis == (-1,)) and (
             type(axis) is int or type(axis) is tuple
         ):
@@ -926,7 +999,7 @@ class NDArray:
         if plan is None:
             return None
         outer, reduce, inner, out_shape, strides = plan
-        handle = self._device.Array(outer * inner, self._dtype if self._dtype in _dt.FLOATING else "int64")
+        handle = self._device.new_array(outer * inner, self._dtype if self._dtype in _dt.FLOATING else "int64")
         self._device.reduce_sum_middle(self._handle, handle, outer, reduce, inner)
         return _new(out_shape, strides, self._device, handle, 0)
 
