@@ -29,6 +29,8 @@ TENSOR_COUNTER = 0
 
 _GRAD_ENABLED = True
 
+_new_object = object.__new__  # a Value without __init__ (the graph's hot paths fill it in)
+
 
 class no_grad(contextlib.ContextDecorator):
     """Context manager (and decorator): ops inside it record no graph."""
@@ -83,14 +85,14 @@ class TensorOp(Op):
     """An op whose output is a Tensor."""
 
     def __call__(self, *args):
-        return Tensor.make_from_op(self, args)
+        return _run_op(Tensor, self, args)
 
 
 class TensorTupleOp(Op):
     """An op whose output is a TensorTuple."""
 
     def __call__(self, *args):
-        return TensorTuple.make_from_op(self, args)
+        return _run_op(TensorTuple, self, args)
 
 
 def _check_inputs(op, inputs):
@@ -152,50 +154,67 @@ class Value:
 
     @classmethod
     def make_from_op(cls, op, inputs):
-        if _autocast_hook is not None:  # inside needle.amp.autocast: the inputs this op runs on
-            inputs = _autocast_hook(op, inputs)
-        if LAZY_MODE:
-            _check_inputs(op, inputs)
-            value = cls.__new__(cls)
-            value._init(op, inputs)
-            return value
-        # Eager: one pass over the inputs collects their arrays and whether the
-        # result needs a gradient; bad inputs are diagnosed by _check_inputs.
-        global TENSOR_COUNTER
-        datas = []
-        requires_grad = False
-        try:
+        return _run_op(cls, op, inputs)
+
+
+def _run_op(cls, op, inputs):
+    """A new ``cls`` (Tensor or TensorTuple) that ``op`` makes of the Values ``inputs``.
+
+    Every op of every forward and backward pass runs through here, so the eager path
+    is written for speed: the one- and two-input cases are unrolled, and bad inputs
+    (not Values) are diagnosed by ``_check_inputs`` only after the fast path fails.
+    """
+    if _autocast_hook is not None:  # inside needle.amp.autocast: the inputs this op runs on
+        inputs = _autocast_hook(op, inputs)
+    if LAZY_MODE:
+        _check_inputs(op, inputs)
+        value = cls.__new__(cls)
+        value._init(op, inputs)
+        return value
+    global TENSOR_COUNTER
+    try:
+        if len(inputs) == 2:
+            x, y = inputs
+            a, b = x.cached_data, y.cached_data
+            datas = [a if a is not None else x.realize_cached_data(), b if b is not None else y.realize_cached_data()]
+            requires_grad = x.requires_grad or y.requires_grad
+        elif len(inputs) == 1:
+            x = inputs[0]
+            a = x.cached_data
+            datas = [a if a is not None else x.realize_cached_data()]
+            requires_grad = x.requires_grad
+        else:
+            datas = []
+            requires_grad = False
             for x in inputs:
-                data = x.cached_data
-                if data is None:
-                    data = x.realize_cached_data()
-                datas.append(data)
+                a = x.cached_data
+                datas.append(a if a is not None else x.realize_cached_data())
                 if x.requires_grad:
                     requires_grad = True
-        except AttributeError:
-            _check_inputs(op, inputs)
-            raise
-        data = _compute(op, datas)  # checks that the arrays share one device
-        value = cls.__new__(cls)
-        TENSOR_COUNTER += 1
-        value.num_outputs = 1
-        value.cached_data = data
-        if requires_grad and _GRAD_ENABLED:
-            value.op = op
-            value.inputs = list(inputs)
-            value.requires_grad = True
-        else:
-            # Same as detach(): a constant keeps no graph.
-            value.op = None
-            value.inputs = []
-            value.requires_grad = False
-        return value
+    except AttributeError:
+        _check_inputs(op, inputs)
+        raise
+    data = _compute(op, datas)  # checks that the arrays share one device
+    value = _new_object(cls)
+    TENSOR_COUNTER += 1
+    value.num_outputs = 1
+    value.cached_data = data
+    if requires_grad and _GRAD_ENABLED:
+        value.op = op
+        value.inputs = list(inputs)
+        value.requires_grad = True
+    else:
+        # Same as detach(): a constant keeps no graph.
+        value.op = None
+        value.inputs = []
+        value.requires_grad = False
+    return value
 
 
 def _const_of(cls, data):
     """A new leaf of class ``cls`` holding ``data``, no graph (detach without the checks)."""
     global TENSOR_COUNTER
-    value = cls.__new__(cls)
+    value = _new_object(cls)
     TENSOR_COUNTER += 1
     value.op = None
     value.inputs = []
@@ -260,9 +279,12 @@ class Tensor(TensorMethods, Value):
 
     @staticmethod
     def make_const(data, requires_grad=False):
+        if isinstance(data, Tensor):
+            data = data.realize_cached_data()
+        if not requires_grad:
+            return _const_of(Tensor, data)
         tensor = Tensor.__new__(Tensor)
-        tensor._init(None, [], cached_data=data if not isinstance(data, Tensor) else data.realize_cached_data(),
-                     requires_grad=requires_grad)
+        tensor._init(None, [], cached_data=data, requires_grad=requires_grad)
         return tensor
 
     @property
@@ -308,12 +330,15 @@ class Tensor(TensorMethods, Value):
         """
         if out_grad is None:
             data = self.realize_cached_data()
-            out_grad = Tensor.make_const(B.full(data.shape, 1.0, data))
+            out_grad = _const_of(Tensor, B.full(data.shape, 1.0, data))
         elif not isinstance(out_grad, Tensor):
             raise TypeError(f"backward: out_grad must be a Tensor, got {type(out_grad).__name__}")
         elif out_grad.shape != self.shape:
             raise ValueError(f"backward: out_grad shape {out_grad.shape} does not match tensor shape {self.shape}")
         prof = needle.profiler.active()
+        if prof is None and create_graph:
+            compute_gradient_of_variables(self, out_grad)
+            return
         with prof.backward_phase() if prof is not None else contextlib.nullcontext():
             if create_graph:
                 compute_gradient_of_variables(self, out_grad)
@@ -331,49 +356,50 @@ class Tensor(TensorMethods, Value):
         return B.to_numpy(self.realize_cached_data())
 
     # ---- operators (the exact op nodes are part of the contract) ----------
+    # Two-tensor operators run the shared op instances straight through _run_op.
     def __add__(self, other):
         if isinstance(other, Tensor):
-            return needle.ops.EWiseAdd()(self, other)
-        return needle.ops.AddScalar(other)(self)
+            return _run_op(Tensor, _ops._ADD, (self, other))
+        return _ops.AddScalar(other)(self)
 
     __radd__ = __add__
 
     def __mul__(self, other):
         if isinstance(other, Tensor):
-            return needle.ops.EWiseMul()(self, other)
-        return needle.ops.MulScalar(other)(self)
+            return _run_op(Tensor, _ops._MUL, (self, other))
+        return _ops.MulScalar(other)(self)
 
     __rmul__ = __mul__
 
     def __pow__(self, other):
         if isinstance(other, Tensor):
-            return needle.ops.EWisePow()(self, other)
-        return needle.ops.PowerScalar(other)(self)
+            return _run_op(Tensor, _ops._POW, (self, other))
+        return _ops.PowerScalar(other)(self)
 
     def __sub__(self, other):
         if isinstance(other, Tensor):
-            return needle.ops.EWiseAdd()(self, needle.ops.Negate()(other))
-        return needle.ops.AddScalar(-other)(self)
+            return _run_op(Tensor, _ops._ADD, (self, _ops._NEGATE(other)))
+        return _ops.AddScalar(-other)(self)
 
     def __rsub__(self, other):
-        return needle.ops.AddScalar(other)(needle.ops.Negate()(self))
+        return _ops.AddScalar(other)(_ops._NEGATE(self))
 
     def __truediv__(self, other):
         if isinstance(other, Tensor):
-            return needle.ops.EWiseDiv()(self, other)
-        return needle.ops.DivScalar(other)(self)
+            return _run_op(Tensor, _ops._DIV, (self, other))
+        return _ops.DivScalar(other)(self)
 
     def __rtruediv__(self, other):
-        return needle.ops.MulScalar(other)(needle.ops.PowerScalar(-1)(self))
+        return _ops.MulScalar(other)(_ops.PowerScalar(-1)(self))
 
     def __matmul__(self, other):
-        return needle.ops.matmul(self, other)
+        return _ops.matmul(self, other)
 
     def matmul(self, other):
-        return needle.ops.matmul(self, other)
+        return _ops.matmul(self, other)
 
     def __neg__(self):
-        return needle.ops.Negate()(self)
+        return _ops._NEGATE(self)
 
     def __getitem__(self, index):
         return needle.ops.tensor_getitem(self, index)
@@ -424,12 +450,14 @@ def compute_gradient_of_variables(output_tensor, out_grad):
             if not inp.requires_grad:
                 continue
             if type(inp) is not TensorTuple:
-                if g.shape != inp.shape:
+                g_data = g.cached_data if g.cached_data is not None else g.realize_cached_data()
+                inp_data = inp.cached_data if inp.cached_data is not None else inp.realize_cached_data()
+                if g_data.shape != inp_data.shape:
                     raise RuntimeError(
                         f"{type(op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
                     )
-                # (The shape check computed both arrays.) After a promoting op the gradient takes its input's dtype.
-                if _gradient_dtype_differs(g.cached_data, inp.cached_data):
+                # After a promoting op the gradient takes its input's dtype.
+                if _gradient_dtype_differs(g_data, inp_data):
                     g = needle.ops.cast(g, inp.dtype)
             partial = grads.get(inp)
             if partial is None:
@@ -504,6 +532,7 @@ def sum_node_list(node_list):
 # The array functions that differ between numpy mode and NDArray. Imported last:
 # needle.ops imports this module, so the import must follow the classes the ops use.
 from .ops import array_backend as B  # noqa: E402
+from .ops import ops_mathematic as _ops  # noqa: E402 (the operators' ops)
 
 # Called for every op, every leaf gradient and every gradient edge: bound once.
 _compute, _compact_for_update, _gradient_dtype_differs = B.compute, B.compact_for_update, B.gradient_dtype_differs

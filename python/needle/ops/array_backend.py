@@ -36,14 +36,19 @@ def _compute_numpy(op, arrays):
 
 
 def _compute_ndarray(op, arrays):
-    if len(arrays) > 1:
-        try:
+    if len(arrays) == 1:
+        return op.compute(arrays[0])
+    try:
+        if len(arrays) == 2:
+            if arrays[0]._device is not arrays[1]._device:
+                check_one_device(type(op).__name__, arrays)  # equal devices pass; others raise
+        else:
             device = arrays[0]._device
             for a in arrays:
                 if a._device is not device:
-                    check_one_device(type(op).__name__, arrays)  # equal devices pass; others raise
-        except AttributeError:  # a TensorTuple's data (a tuple) among the arrays
-            check_one_device(type(op).__name__, arrays)
+                    check_one_device(type(op).__name__, arrays)
+    except AttributeError:  # a TensorTuple's data (a tuple) among the arrays
+        check_one_device(type(op).__name__, arrays)
     return op.compute(*arrays)
 
 
@@ -265,6 +270,14 @@ def concatenate(arrays, axis):
 
 
 # ---- math -----------------------------------------------------------------------
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b), op swapping the last two axes where its flag is set (NDArray takes the
+    swap as strides, no view is built)."""
+    if NP:
+        return np.matmul(np.swapaxes(a, -1, -2) if trans_a else a, np.swapaxes(b, -1, -2) if trans_b else b)
+    return a.matmul(b, trans_a, trans_b)
+
+
 def reduce_sum(a, axes, keepdims=False):
     if not axes:
         return a

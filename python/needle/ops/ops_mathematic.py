@@ -76,7 +76,8 @@ def _const(array):
 # ---- elementwise -------------------------------------------------------------
 class EWiseAdd(TensorOp):
     def compute(self, a, b):
-        _check_broadcast("add", a, b)
+        if a.shape != b.shape:
+            _check_broadcast("add", a, b)
         return a + b
 
     def gradient(self, out_grad, node):
@@ -84,8 +85,13 @@ class EWiseAdd(TensorOp):
         return _unbroadcast(out_grad, a), _unbroadcast(out_grad, b)
 
 
+# An op class without parameters is stateless: one shared instance serves every node
+# (its gradient reads the node's inputs), so the operators build no op per call.
+_ADD = EWiseAdd()
+
+
 def add(a, b):
-    return EWiseAdd()(a, b)
+    return _ADD(a, b)
 
 
 class AddScalar(TensorOp):
@@ -105,7 +111,8 @@ def add_scalar(a, scalar):
 
 class EWiseMul(TensorOp):
     def compute(self, a, b):
-        _check_broadcast("multiply", a, b)
+        if a.shape != b.shape:
+            _check_broadcast("multiply", a, b)
         return a * b
 
     def gradient(self, out_grad, node):
@@ -115,8 +122,11 @@ class EWiseMul(TensorOp):
                 _unbroadcast(out_grad * lhs, rhs) if rhs.requires_grad else None)
 
 
+_MUL = EWiseMul()
+
+
 def multiply(a, b):
-    return EWiseMul()(a, b)
+    return _MUL(a, b)
 
 
 class MulScalar(TensorOp):
@@ -138,7 +148,8 @@ class EWisePow(TensorOp):
     """a ** b elementwise; d/da = b a^(b-1), d/db = a^b log a."""
 
     def compute(self, a, b):
-        _check_broadcast("power", a, b)
+        if a.shape != b.shape:
+            _check_broadcast("power", a, b)
         return a**b
 
     def gradient(self, out_grad, node):
@@ -147,8 +158,11 @@ class EWisePow(TensorOp):
                 _unbroadcast(out_grad * node * log(a), b) if b.requires_grad else None)
 
 
+_POW = EWisePow()
+
+
 def power(a, b):
-    return EWisePow()(a, b)
+    return _POW(a, b)
 
 
 class PowerScalar(TensorOp):
@@ -172,7 +186,8 @@ def power_scalar(a, scalar):
 
 class EWiseDiv(TensorOp):
     def compute(self, a, b):
-        _check_broadcast("divide", a, b)
+        if a.shape != b.shape:
+            _check_broadcast("divide", a, b)
         return a / b
 
     def gradient(self, out_grad, node):
@@ -181,8 +196,11 @@ class EWiseDiv(TensorOp):
                 _unbroadcast(-out_grad * a / (b * b), b) if b.requires_grad else None)
 
 
+_DIV = EWiseDiv()
+
+
 def divide(a, b):
-    return EWiseDiv()(a, b)
+    return _DIV(a, b)
 
 
 class DivScalar(TensorOp):
@@ -241,8 +259,11 @@ class Negate(TensorOp):
         return -out_grad
 
 
+_NEGATE = Negate()
+
+
 def negate(a):
-    return Negate()(a)
+    return _NEGATE(a)
 
 
 class Log(TensorOp):
@@ -280,8 +301,11 @@ class ReLU(TensorOp):
         return out_grad * _const(B.as_float(a > 0, a))
 
 
+_RELU = ReLU()
+
+
 def relu(a):
-    return ReLU()(a)
+    return _RELU(a)
 
 
 class Tanh(TensorOp):
@@ -347,7 +371,8 @@ class Maximum(TensorOp):
     """Elementwise max of two tensors. Where a == b the gradient is split evenly (1/2 each)."""
 
     def compute(self, a, b):
-        _check_broadcast("maximum", a, b)
+        if a.shape != b.shape:
+            _check_broadcast("maximum", a, b)
         return B.maximum(a, b)
 
     def gradient(self, out_grad, node):
@@ -557,12 +582,6 @@ def amax(a, axes=None, keepdims=False):
 
 
 # ---- matmul ------------------------------------------------------------------
-def _swap_last(a):
-    """a with its last two axes swapped (a view)."""
-    n = a.ndim
-    return B.permute(a, tuple(range(n - 2)) + (n - 1, n - 2))
-
-
 class MatMul(TensorOp):
     """Batched matmul with numpy broadcasting of the batch dims (both operands >= 2-D).
 
@@ -577,22 +596,21 @@ class MatMul(TensorOp):
         self.trans_b = bool(trans_b)
 
     def compute(self, a, b):
-        if a.ndim < 2 or b.ndim < 2:
-            raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} are not aligned")
+        sa, sb = tuple(a.shape), tuple(b.shape)
+        if len(sa) < 2 or len(sb) < 2:
+            raise ValueError(f"matmul: shapes {sa} and {sb} are not aligned")
         if self.trans_a:
-            a = _swap_last(a)
+            sa = sa[:-2] + (sa[-1], sa[-2])
         if self.trans_b:
-            b = _swap_last(b)
-        if a.shape[-1] != b.shape[-2]:
-            raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} are not aligned")
-        if a.ndim > 2 or b.ndim > 2:
+            sb = sb[:-2] + (sb[-1], sb[-2])
+        if sa[-1] != sb[-2]:
+            raise ValueError(f"matmul: shapes {sa} and {sb} are not aligned")
+        if len(sa) > 2 or len(sb) > 2:
             try:
-                numpy.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+                numpy.broadcast_shapes(sa[:-2], sb[:-2])
             except ValueError:
-                raise ValueError(
-                    f"matmul: batch dims of {tuple(a.shape)} and {tuple(b.shape)} cannot be broadcast"
-                ) from None
-        return a @ b
+                raise ValueError(f"matmul: batch dims of {sa} and {sb} cannot be broadcast") from None
+        return B.matmul(a, b, self.trans_a, self.trans_b)
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -601,25 +619,32 @@ class MatMul(TensorOp):
         da = db = None
         if a.requires_grad:
             # op(a) = G op(b)^T; a = op(a) or its transpose.
-            da = MatMul(tb, True)(b, out_grad) if ta else MatMul(False, not tb)(out_grad, b)
+            da = _MATMUL[tb, True](b, out_grad) if ta else _MATMUL[False, not tb](out_grad, b)
             da = _sum_to_shape(da, a.shape)
         if b.requires_grad:
             # op(b) = op(a)^T G
-            db = MatMul(True, ta)(out_grad, a) if tb else MatMul(not ta, False)(a, out_grad)
+            db = _MATMUL[True, ta](out_grad, a) if tb else _MATMUL[not ta, False](a, out_grad)
             db = _sum_to_shape(db, b.shape)
         return da, db
 
 
+# One shared (stateless) instance per pair of transpose flags.
+_MATMUL = {(ta, tb): MatMul(ta, tb) for ta in (False, True) for tb in (False, True)}
+
+
 def matmul(a, b):
     """numpy semantics: a 1-D operand is promoted to a matrix and its dim dropped afterwards."""
-    if len(a.shape) == 0 or len(b.shape) == 0:
-        raise ValueError(f"matmul: 0-d operands are not allowed (shapes {a.shape} and {b.shape})")
-    a2 = reshape(a, (1,) + a.shape) if len(a.shape) == 1 else a
-    b2 = reshape(b, b.shape + (1,)) if len(b.shape) == 1 else b
-    out = MatMul()(a2, b2)
-    if len(a.shape) == 1:
+    sa, sb = a.shape, b.shape
+    if len(sa) >= 2 and len(sb) >= 2:
+        return _MATMUL[False, False](a, b)
+    if len(sa) == 0 or len(sb) == 0:
+        raise ValueError(f"matmul: 0-d operands are not allowed (shapes {sa} and {sb})")
+    a2 = reshape(a, (1,) + sa) if len(sa) == 1 else a
+    b2 = reshape(b, sb + (1,)) if len(sb) == 1 else b
+    out = _MATMUL[False, False](a2, b2)
+    if len(sa) == 1:
         out = reshape(out, out.shape[:-2] + out.shape[-1:])
-    if len(b.shape) == 1:
+    if len(sb) == 1:
         out = reshape(out, out.shape[:-1])
     return out
 
