@@ -211,6 +211,13 @@ def read_outcomes(path):
     return final
 
 
+def _case_name(nodeid):
+    """The test file's name and the test id, without the folders (a temporary folder's
+    name must not make a test a device case)."""
+    path, _, rest = nodeid.partition("::")
+    return os.path.basename(path) + "::" + rest
+
+
 def summarize(outcomes, token, expected_skips=None):
     """Counts over all tests and over the device cases (ids containing token), with the
     failing and skipped device cases named. A skip listed in expected_skips is not counted."""
@@ -223,7 +230,7 @@ def summarize(outcomes, token, expected_skips=None):
         c["total"] = len(items)
         return c
 
-    device = {k: v for k, v in outcomes.items() if token in k.lower()}
+    device = {k: v for k, v in outcomes.items() if token in _case_name(k).lower()}
     expected = {k: v for k, v in device.items() if k in expected_skips and v[0] == "skipped"}
     counted = {k: v for k, v in device.items() if k not in expected}
     bad = [{"nodeid": k, "outcome": o, "reason": r} for k, (o, r) in sorted(counted.items())
