@@ -428,16 +428,16 @@ def compute_gradient_of_variables(output_tensor, out_grad):
         if partials is None:
             continue  # a node that needs no gradient
         grad = partials[0] if len(partials) == 1 and type(partials[0]) is not _Slot else _sum_partials(node, partials)
+        data = grad.cached_data
         op = node.op
         if op is None:
-            data = grad.cached_data
             if type(data) is not tuple and data is not None:
                 # Same values, in the layout optimizers update through; the grad's own graph is untouched.
                 grad.cached_data = _compact_for_update(data)
             node.grad = grad
             continue
         # A detached view of the adjoint (shared data, no graph): see the module docstring.
-        node.grad = _const_of(type(grad), grad.cached_data if grad.cached_data is not None else grad.realize_cached_data())
+        node.grad = _const_of(type(grad), data if data is not None else grad.realize_cached_data())
         if type(op) is get_item_op:
             inp = node.inputs[0]
             if inp.requires_grad:
@@ -450,8 +450,12 @@ def compute_gradient_of_variables(output_tensor, out_grad):
             if not inp.requires_grad:
                 continue
             if type(inp) is not TensorTuple:
-                g_data = g.cached_data if g.cached_data is not None else g.realize_cached_data()
-                inp_data = inp.cached_data if inp.cached_data is not None else inp.realize_cached_data()
+                g_data = g.cached_data
+                if g_data is None:
+                    g_data = g.realize_cached_data()
+                inp_data = inp.cached_data
+                if inp_data is None:
+                    inp_data = inp.realize_cached_data()
                 if g_data.shape != inp_data.shape:
                     raise RuntimeError(
                         f"{type(op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
@@ -514,8 +518,10 @@ def topo_sort_dfs(node, visited, topo_order):
         for child in children:
             if child not in visited:
                 visited.add(child)
-                stack.append((child, iter(child.inputs)))
-                break
+                if child.inputs:
+                    stack.append((child, iter(child.inputs)))
+                    break
+                topo_order.append(child)  # a leaf: done as soon as it is seen
         else:
             stack.pop()
             topo_order.append(current)

@@ -51,6 +51,9 @@ def set_copy_hook(hook):
     _copy_hook = hook
 
 
+_new_header = object.__new__
+
+
 def _new(shape, strides, device, handle, offset, dtype=None):
     """Unchecked header constructor for the internal hot paths (arguments already valid;
     ``dtype`` is the handle's, read from it when not given)."""
@@ -281,15 +284,25 @@ def _elementwise(ewise, scalar, what, out_dtype=None, float_only=False):
             if type(other) is NDArray:
                 if (other._flat and other._shape == self._shape and other._dtype is dtype
                         and other._device is device and (not float_only or dtype in _dt.FLOATING)):
-                    dtype = out_dtype or dtype
-                    handle = device.new_array(n, dtype)
+                    handle = device.new_array(n, out_dtype or dtype)
                     getattr(device, ewise)(self._handle, other._handle, handle)
-                    return _flat_like(self, handle, dtype)
+                else:
+                    handle = None
             elif (type(other) is float or type(other) is int) and dtype in _dt.FLOATING:
-                dtype = out_dtype or dtype
-                handle = device.new_array(n, dtype)
+                handle = device.new_array(n, out_dtype or dtype)
                 getattr(device, scalar)(self._handle, other, handle)
-                return _flat_like(self, handle, dtype)
+            else:
+                handle = None
+            if handle is not None:  # the result: self's shape and strides over the new buffer
+                out = _new_header(NDArray)
+                out._shape = self._shape
+                out._strides = self._strides
+                out._offset = 0
+                out._device = device
+                out._handle = handle
+                out._dtype = out_dtype or dtype
+                out._flat = n
+                return out
         device = self._device
         return self.ewise_or_scalar(other, getattr(device, ewise), getattr(device, scalar), what, out_dtype,
                                     float_only)

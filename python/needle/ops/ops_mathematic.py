@@ -582,6 +582,12 @@ def amax(a, axes=None, keepdims=False):
 
 
 # ---- matmul ------------------------------------------------------------------
+def _swapped_last(shape, swap):
+    """``shape`` as a tuple, its last two entries swapped when ``swap``."""
+    shape = tuple(shape)
+    return shape[:-2] + (shape[-1], shape[-2]) if swap else shape
+
+
 class MatMul(TensorOp):
     """Batched matmul with numpy broadcasting of the batch dims (both operands >= 2-D).
 
@@ -596,21 +602,19 @@ class MatMul(TensorOp):
         self.trans_b = bool(trans_b)
 
     def compute(self, a, b):
-        sa, sb = tuple(a.shape), tuple(b.shape)
+        sa, sb = a.shape, b.shape
         if len(sa) < 2 or len(sb) < 2:
-            raise ValueError(f"matmul: shapes {sa} and {sb} are not aligned")
-        if self.trans_a:
-            sa = sa[:-2] + (sa[-1], sa[-2])
-        if self.trans_b:
-            sb = sb[:-2] + (sb[-1], sb[-2])
-        if sa[-1] != sb[-2]:
-            raise ValueError(f"matmul: shapes {sa} and {sb} are not aligned")
-        if len(sa) > 2 or len(sb) > 2:
+            raise ValueError(f"matmul: shapes {tuple(sa)} and {tuple(sb)} are not aligned")
+        ta, tb = self.trans_a, self.trans_b
+        if (sa[-2] if ta else sa[-1]) != (sb[-1] if tb else sb[-2]) or len(sa) > 2 or len(sb) > 2:
+            sa, sb = _swapped_last(sa, ta), _swapped_last(sb, tb)  # the shapes multiplied
+            if sa[-1] != sb[-2]:
+                raise ValueError(f"matmul: shapes {sa} and {sb} are not aligned")
             try:
                 numpy.broadcast_shapes(sa[:-2], sb[:-2])
             except ValueError:
                 raise ValueError(f"matmul: batch dims of {sa} and {sb} cannot be broadcast") from None
-        return B.matmul(a, b, self.trans_a, self.trans_b)
+        return B.matmul(a, b, ta, tb)
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
