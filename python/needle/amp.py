@@ -26,6 +26,10 @@ and needs no scaler (a disabled or bfloat16 scaler is harmless).
 """
 import threading
 
+from .backend_ndarray.dtypes import FLOATING as _FLOATING
+from .backend_ndarray.dtypes import HALF as _HALVES
+from .backend_ndarray.dtypes import canonical as _canonical
+
 __all__ = ["autocast", "GradScaler", "is_autocast_enabled", "get_autocast_dtype"]
 
 _HALF_OPS = frozenset({"MatMul", "Conv"})
@@ -33,8 +37,6 @@ _FLOAT32_OPS = frozenset({
     "Summation", "SumToShape", "Exp", "Log", "EWisePow", "PowerScalar", "LogSumExp", "LogSoftmax",
     "SoftmaxCrossEntropy", "SoftmaxCrossEntropyGrad", "_Norm", "_NormGrad",
 })
-_HALVES = ("float16", "bfloat16")
-_FLOATING = ("float16", "bfloat16", "float32", "float64")
 
 _state = threading.local()
 
@@ -57,9 +59,7 @@ class autocast:
     turns autocast off inside (e.g. for a part that must run in float32)."""
 
     def __init__(self, dtype="bfloat16", enabled=True):
-        from .backend_ndarray.dtypes import canonical
-
-        dtype = canonical(dtype)
+        dtype = _canonical(dtype)
         if dtype not in _HALVES:
             raise ValueError(f"autocast: dtype must be 'bfloat16' or 'float16', got {dtype!r}")
         self.dtype = dtype
