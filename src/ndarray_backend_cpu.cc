@@ -12,6 +12,7 @@
 
 #include "common/py_dtypes.h"
 #include "common/scalar_caster.h"
+#include "common/shape_caster.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/threads.h"
@@ -100,6 +101,7 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.def("scalar_power", [](B a, Scalar v, Buffer* o) { ScalarBinary("scalar_power", BinaryOp::kPower, a, v, o); });
   m.def("ewise_maximum", [](B a, B b, Buffer* o) { EwiseBinary("ewise_maximum", BinaryOp::kMaximum, a, b, o); });
   m.def("scalar_maximum", [](B a, Scalar v, Buffer* o) { ScalarBinary("scalar_maximum", BinaryOp::kMaximum, a, v, o); });
+  m.def("ewise_relu_grad", [](B g, B x, Buffer* o) { EwiseBinary("ewise_relu_grad", BinaryOp::kReluGrad, g, x, o); });
 
   m.def("ewise_eq", [](B a, B b, Buffer* o) { EwiseCompare("ewise_eq", CompareOp::kEq, a, b, o); });
   m.def("scalar_eq", [](B a, Scalar v, Buffer* o) { ScalarCompare("scalar_eq", CompareOp::kEq, a, v, o); });

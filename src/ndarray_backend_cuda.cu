@@ -23,6 +23,7 @@
 #include "common/checks.h"
 #include "common/py_dtypes.h"
 #include "common/scalar_caster.h"
+#include "common/shape_caster.h"
 #include "cuda/table.cuh"
 
 namespace py = pybind11;
@@ -104,6 +105,9 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
   m.def("scalar_maximum", [](const Array& a, Scalar val, Array& out) {
     nc::scalar_binary("scalar_maximum", BinaryOp::kMaximum, a, val, out);
   }, py::arg("a"), py::arg("val"), py::arg("out"));
+  m.def("ewise_relu_grad", [](const Array& g, const Array& x, Array& out) {
+    nc::ewise_binary("ewise_relu_grad", BinaryOp::kReluGrad, g, x, out);
+  }, py::arg("g"), py::arg("x"), py::arg("out"));
 
   m.def("ewise_eq", [](const Array& a, const Array& b, Array& out) {
     nc::ewise_compare("ewise_eq", CompareOp::kEq, a, b, out);

@@ -165,6 +165,10 @@ def _case_elementwise(p):
                           ("ewise_le", "scalar_le"), ("ewise_gt", "scalar_gt"), ("ewise_ge", "scalar_ge")]:
         p.call(ewise, a, b, p.buf(np.zeros(37), "bool"))
         p.call(scalar, a, float(a[0].array[3]), p.buf(np.zeros(37), "bool"))
+    # ReLU's adjoint: zeros (of both signs), NaN and infinities on either side.
+    x = p.buf(np.concatenate([_rand(33), [0.0, -0.0, np.nan, -np.inf]]))
+    g = p.buf(np.concatenate([_rand(33), [np.inf, np.nan, 1.0, -np.inf]]))
+    p.call("ewise_relu_grad", g, x, p.buf(np.zeros(37)))
     for dtype in ["float64", "float16", "int32", "uint8", "bool"]:
         p.call("astype", a, p.buf(np.zeros(37), dtype))
     for val in [2.0, 0.5, -1.0, 3.0, 1.7]:

@@ -209,6 +209,8 @@ BAD_DTYPE_CALLS = [
     ("ewise_power", E("bool"), E("bool"), E("bool")),
     ("scalar_power", E("bool"), 2.0, E("bool")),
     ("ewise_maximum", E("float16"), E("bfloat16"), E("float16")),
+    ("ewise_relu_grad", E("int32"), E("int32"), E("int32")),
+    ("ewise_relu_grad", E("float32"), E("float64"), E("float32")),
     ("ewise_log", E("int64"), E("int64")),
     ("ewise_exp", E("uint8"), E("uint8")),
     ("ewise_tanh", E("float32"), E("float64")),

@@ -65,6 +65,13 @@ struct MaximumOp {
   template <typename C>
   NEEDLE_HD C operator()(C x, C y) const { return (x > y || x != x) ? x : y; }
 };
+// ReLU's adjoint, g where x > 0 and 0 elsewhere, as one select: a zero for x <= 0 even
+// when g is infinite or NaN (a product with a 0/1 mask would give NaN), and g for a NaN
+// x, as PyTorch's threshold_backward. Floating types only.
+struct ReluGradOp {
+  template <typename C>
+  NEEDLE_HD C operator()(C g, C x) const { return x <= C(0) ? C(0) : g; }
+};
 
 // Comparisons write bool (NaN compares unequal to everything, as in numpy).
 struct EqOp { template <typename C> NEEDLE_HD bool operator()(C x, C y) const { return x == y; } };

@@ -165,6 +165,7 @@ void EwiseBinary(const char* fn, BinaryOp op, const Buffer& a, const Buffer& b, 
     case BinaryOp::kDiv: return binary<kFloatingMask>(fn, a, b, out, DivOp{}, kFloating);
     case BinaryOp::kPower: return binary<kNumericMask>(fn, a, b, out, PowerOp{}, kNumeric);
     case BinaryOp::kMaximum: return binary<kAllMask>(fn, a, b, out, MaximumOp{}, "");
+    case BinaryOp::kReluGrad: return binary<kFloatingMask>(fn, a, b, out, ReluGradOp{}, kFloating);
   }
 }
 
@@ -179,7 +180,9 @@ void ScalarBinary(const char* fn, BinaryOp op, const Buffer& a, Scalar val, Buff
         return;
       return with_scalar<kNumericMask>(fn, a, val, out, PowerOp{}, kNumeric);
     case BinaryOp::kMaximum: return with_scalar<kAllMask>(fn, a, val, out, MaximumOp{}, "");
+    case BinaryOp::kReluGrad: break;
   }
+  throw std::invalid_argument(std::string(fn) + ": the operation has no scalar form");
 }
 
 void EwiseCompare(const char* fn, CompareOp op, const Buffer& a, const Buffer& b, Buffer* out) {

@@ -22,7 +22,7 @@ void Fill(Buffer* out, Scalar val);
 void Astype(const Buffer& a, Buffer* out);
 
 // ---- elementwise.cc: binary, scalar, comparison and unary functions ----
-enum class BinaryOp { kAdd, kMul, kDiv, kPower, kMaximum };
+enum class BinaryOp { kAdd, kMul, kDiv, kPower, kMaximum, kReluGrad };  // kReluGrad: array operands only
 enum class CompareOp { kEq, kNe, kLt, kLe, kGt, kGe };
 enum class UnaryOp { kLog, kExp, kTanh };
 void EwiseBinary(const char* fn, BinaryOp op, const Buffer& a, const Buffer& b, Buffer* out);

@@ -190,6 +190,7 @@ bool launch_binary(const char* name, BinaryOp op, const Array& a, const Array* b
     case BinaryOp::kDiv: return run_binary<kFloatingMask>(name, DivOp{}, a, b, val, out);
     case BinaryOp::kPower: return run_binary<kNumericMask>(name, PowerOp{}, a, b, val, out);
     case BinaryOp::kMaximum: return run_binary<kAllMask>(name, MaximumOp{}, a, b, val, out);
+    case BinaryOp::kReluGrad: return run_binary<kFloatingMask>(name, ReluGradOp{}, a, b, val, out);
   }
   return true;
 }

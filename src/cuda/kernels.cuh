@@ -37,7 +37,7 @@ void zero_fill(Array& out, int64_t n);
 void launch_astype(const Array& a, Array& out);
 
 // ---- elementwise.cu: binary, scalar, comparison, unary and row-broadcast functions ----
-enum class BinaryOp { kAdd, kMul, kDiv, kPower, kMaximum };
+enum class BinaryOp { kAdd, kMul, kDiv, kPower, kMaximum, kReluGrad };  // kReluGrad: array operands only
 enum class CompareOp { kEq, kNe, kLt, kLe, kGt, kGe };
 enum class UnaryOp { kLog, kExp, kTanh };
 enum class RowOp { kAdd, kMul, kDiv };

@@ -49,7 +49,8 @@ std::unique_ptr<Scratch<int64_t>> upload_row_indices(const char* fn, const Array
 // The dtypes op takes, and what its TypeError says it needs.
 unsigned binary_mask(BinaryOp op, const char** what) {
   switch (op) {
-    case BinaryOp::kDiv: *what = kFloating; return kFloatingMask;
+    case BinaryOp::kDiv:
+    case BinaryOp::kReluGrad: *what = kFloating; return kFloatingMask;
     case BinaryOp::kPower: *what = kNumeric; return kNumericMask;
     default: *what = ""; return kAllMask;
   }

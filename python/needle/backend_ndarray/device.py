@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from . import ndarray_backend_numpy
-from .dtypes import canonical
+from .dtypes import DTYPES as _CANONICAL, canonical
 
 # Idle OpenMP threads sleep instead of spinning: on a shared machine a
 # spinning team steals the cores that the other threads are waiting for.
@@ -76,7 +76,7 @@ class BackendDevice:
 
     def empty(self, shape, dtype="float32"):
         self.require()
-        return _nd._alloc(_shape_tuple(shape), self, canonical(dtype))
+        return _nd._alloc(_shape_tuple(shape), self, dtype if dtype in _CANONICAL else canonical(dtype))
 
     def full(self, shape, fill_value, dtype="float32"):
         arr = self.empty(shape, dtype)

@@ -195,10 +195,21 @@ def _perm_axes(axes, ndim):
 
 def _in_layout(a, strides):
     """The handle of a dense copy of ``a`` laid out with the dense ``strides`` (a itself if it is)."""
-    if a._strides == strides and not a._offset and a._handle.size == math.prod(a._shape):
+    shape = a._shape
+    size = math.prod(shape)
+    if a._strides == strides and not a._offset and a._handle.size == size:
         return a._handle
-    order = _dense_order(a._shape, strides)
-    return a.permute(order).compact()._handle
+    if _copy_hook is not None:
+        _copy_hook(size * a._handle.itemsize)
+    # The copy walks a's elements in the memory order of ``strides``: a permuted view of
+    # a, copied compact, lands in that layout (no view when the order is row-major).
+    order = _dense_order(shape, strides)
+    src_strides = a._strides
+    if order != tuple(range(len(shape))):
+        shape, src_strides = tuple([shape[i] for i in order]), tuple([src_strides[i] for i in order])
+    handle = a._device.new_array(size, a._dtype)
+    a._device.compact(a._handle, handle, list(shape), list(src_strides), a._offset)
+    return handle
 
 
 def _normalize_axes(axis, ndim, what):
@@ -533,11 +544,11 @@ class NDArray:
     def broadcast_to(self, new_shape):
         """View with stride 0 on broadcast dims (numpy rules, new leading dims allowed)."""
         new_shape = _shape_tuple(new_shape)
-        lead = len(new_shape) - self.ndim
+        lead = len(new_shape) - len(self._shape)
         if lead < 0:
             raise ValueError(f"broadcast_to: cannot broadcast {self.shape} to fewer dims {new_shape}")
         strides = [0] * lead
-        for old, new, stride in zip(self.shape, new_shape[lead:], self.strides):
+        for old, new, stride in zip(self._shape, new_shape[lead:], self._strides):
             if old == new:
                 strides.append(stride)
             elif old == 1:
@@ -764,6 +775,16 @@ class NDArray:
 
     __pow__ = _elementwise("ewise_power", "scalar_power", "power")
     maximum = _elementwise("ewise_maximum", "scalar_maximum", "maximum")
+    # The kernel has no scalar form: relu_grad passes arrays only, so the second name is never called.
+    _relu_grad = _elementwise("ewise_relu_grad", "ewise_relu_grad", "relu_grad", float_only=True)
+
+    def relu_grad(self, x):
+        """ReLU's adjoint in one pass: ``self`` (the gradient of relu(x)) where ``x`` > 0, else 0,
+        even for an infinite or NaN gradient. ``x`` is an NDArray; the two broadcast and promote
+        like ``*`` (integers compute in float32)."""
+        if type(x) is not NDArray:
+            raise TypeError(f"relu_grad: operand must be an NDArray, got {type(x).__name__}")
+        return self._relu_grad(x)
 
     # Comparisons return bool arrays (numpy's semantics: NaN compares unequal to everything).
     __eq__ = _elementwise("ewise_eq", "scalar_eq", "eq", out_dtype="bool")

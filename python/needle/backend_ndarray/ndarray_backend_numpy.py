@@ -249,6 +249,14 @@ def ewise_maximum(a, b, out):
     _binary("ewise_maximum", a, b, out, np.maximum)
 
 
+def _relu_grad(g, x):
+    return np.where(x <= 0, np.zeros_like(g), g)  # a NaN x passes g (PyTorch's threshold_backward)
+
+
+def ewise_relu_grad(g, x, out):
+    _binary("ewise_relu_grad", g, x, out, _relu_grad, **_FLOAT_ONLY)
+
+
 def scalar_maximum(a, val, out):
     _with_scalar("scalar_maximum", a, val, out, np.maximum)
 

@@ -214,7 +214,9 @@ def full(shape, value, like):
     """An array of ``shape`` filled with ``value``, with ``like``'s dtype and device."""
     if NP:
         return np.full(tuple(shape), value, dtype=like.dtype)
-    return like.device.full(tuple(shape), value, like.dtype)
+    out = like._device.empty(shape, like._dtype)
+    out.fill(value)
+    return out
 
 
 def pad(a, pads, value=0.0):
@@ -294,6 +296,11 @@ def reduce_max(a, axes, keepdims=False):
 
 def maximum(a, b):
     return np.maximum(a, b) if NP else a.maximum(b)
+
+
+def relu_grad(g, x):
+    """``g`` where ``x`` > 0, else 0 (ReLU's adjoint; a NaN ``x`` passes ``g``, as in PyTorch)."""
+    return np.where(x <= 0, np.zeros_like(g), g) if NP else g.relu_grad(x)
 
 
 def log(a):

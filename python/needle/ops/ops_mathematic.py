@@ -291,17 +291,37 @@ def exp(a):
 
 
 class ReLU(TensorOp):
-    """max(a, 0); gradient out_grad * (a > 0) (the step is a constant: zero second derivative)."""
+    """max(a, 0); gradient out_grad where a > 0, else 0 (ReLUGrad)."""
 
     def compute(self, a):
         return B.maximum(a, 0)
 
     def gradient(self, out_grad, node):
-        a = node.inputs[0].realize_cached_data()
-        return out_grad * _const(B.as_float(a > 0, a))
+        return _RELU_GRAD(out_grad, node.inputs[0])
+
+
+class ReLUGrad(TensorOp):
+    """relu_grad(g, a) = g where a > 0, else 0: ReLU's adjoint as one node and one pass over
+    memory (a 0/1 mask times g took three passes and two temporaries; the select also
+    keeps an infinite g from making NaN where a <= 0). The composition
+    ``g * (a > 0)`` is its test oracle.
+
+    Differentiable like any op: d/dg = (a > 0), d/da = 0 (the step is flat).
+    """
+
+    def compute(self, g, a):
+        if g.shape != a.shape:
+            _check_broadcast("relu_grad", g, a)
+        return B.relu_grad(g, a)
+
+    def gradient(self, out_grad, node):
+        g, a = node.inputs
+        return (_unbroadcast(_RELU_GRAD(out_grad, a), g) if g.requires_grad else None,
+                _const(B.full(a.shape, 0.0, a.realize_cached_data())) if a.requires_grad else None)
 
 
 _RELU = ReLU()
+_RELU_GRAD = ReLUGrad()
 
 
 def relu(a):
@@ -522,10 +542,14 @@ class BroadcastAxes(TensorOp):
         self.axes = tuple(axes)
 
     def compute(self, a):
-        keep = tuple(1 if i in self.axes else n for i, n in enumerate(self.shape))
-        if math.prod(a.shape) != math.prod(keep):
-            raise ValueError(f"broadcast_axes: shape {tuple(a.shape)} does not fit {self.shape} without axes {self.axes}")
-        return B.broadcast_to(a.reshape(keep), self.shape)
+        shape = self.shape
+        if len(self.axes) == len(shape) and not a.shape:  # the adjoint of a full sum: one value everywhere
+            keep = (1,) * len(shape)
+        else:
+            keep = tuple(1 if i in self.axes else n for i, n in enumerate(shape))
+            if math.prod(a.shape) != math.prod(keep):
+                raise ValueError(f"broadcast_axes: shape {tuple(a.shape)} does not fit {shape} without axes {self.axes}")
+        return B.broadcast_to(a.reshape(keep), shape)
 
     def gradient(self, out_grad, node):
         return Summation(self.axes)(out_grad) if self.axes else Reshape(node.inputs[0].shape)(out_grad)
