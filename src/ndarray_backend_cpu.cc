@@ -15,6 +15,7 @@
 #include "common/shape_caster.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "cpu/py_array.h"
 #include "cpu/threads.h"
 
 #ifdef _OPENMP
@@ -64,21 +65,9 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
     if (n >= 1) set_num_threads(n);
   }
 
-  py::class_<Buffer>(m, "Array")
-      .def(py::init([](int64_t size, py::object dtype) { return new Buffer(size, dtype_arg(dtype)); }), py::arg("size"),
-           py::arg("dtype") = "float32")
-      .def("ptr", &Buffer::ptr_as_int)
-      .def_readonly("size", &Buffer::size)
-      .def_property_readonly("dtype", [](const Buffer& b) { return py::reinterpret_borrow<py::str>(dtype_str(b.dtype)); })
-      .def_property_readonly("itemsize", &Buffer::itemsize);
-
-  // Array(size, dtype) as a function: a call skips the class-constructor round trip
-  // (tp_new, then __init__ through the type's dict), about half of the cost of the
-  // buffer that every NDArray op result allocates.
-  m.def("new_array", [](int64_t size, py::handle dtype) { return std::make_unique<Buffer>(size, dtype_arg(dtype)); },
-        py::arg("size"), py::arg("dtype"), "A new Array (same as Array(size, dtype)).");
+  add_array_type(m);  // Array and new_array(size, dtype): cpu/py_array.h
   m.def("wrap_external", [](size_t address, int64_t size, py::object dtype) {
-    return std::make_unique<Buffer>(reinterpret_cast<void*>(address), size, dtype_arg(dtype));
+    return wrap_buffer(std::make_unique<Buffer>(reinterpret_cast<void*>(address), size, dtype_arg(dtype)));
   }, py::arg("address"), py::arg("size"), py::arg("dtype"),
      "An Array over memory at `address` that the caller owns and keeps alive (DLPack import).");
   m.def("to_numpy", ToNumpy);

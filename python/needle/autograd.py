@@ -446,7 +446,7 @@ def compute_gradient_of_variables(output_tensor, out_grad):
         in_grads = op.gradient(grad, node)
         if type(in_grads) is not tuple:
             in_grads = tuple(in_grads) if isinstance(in_grads, list) else (in_grads,)
-        for i, (inp, g) in enumerate(zip(node.inputs, in_grads)):
+        for inp, g in zip(node.inputs, in_grads):
             if not inp.requires_grad:
                 continue
             if type(inp) is not TensorTuple:
@@ -457,6 +457,7 @@ def compute_gradient_of_variables(output_tensor, out_grad):
                 if inp_data is None:
                     inp_data = inp.realize_cached_data()
                 if g_data.shape != inp_data.shape:
+                    i = next(k for k, x in enumerate(node.inputs) if x is inp)
                     raise RuntimeError(
                         f"{type(op).__name__}.gradient returned shape {g.shape} for input {i} of shape {inp.shape}"
                     )
