@@ -525,11 +525,13 @@ def bench_overhead(ctx, threads):
     if ndl is None or torch is None:
         print(f"  skipped: needs needle and torch ({ctx.ndl_error or ctx.torch_error})")
         return
-    a = ndl.Tensor(np.ones(1, np.float32), device=ndl.cpu())
-    b = ndl.Tensor(np.ones(1, np.float32), device=ndl.cpu())
+    # The same work on both sides: only w requires a gradient (needle's Tensor defaults to
+    # requires_grad=True, the course's rule; PyTorch's to False).
+    a = ndl.Tensor(np.ones(1, np.float32), device=ndl.cpu(), requires_grad=False)
+    b = ndl.Tensor(np.ones(1, np.float32), device=ndl.cpu(), requires_grad=False)
     ta, tb = torch.ones(1), torch.ones(1)
     w = ndl.Tensor(np.ones((4, 4), np.float32), device=ndl.cpu(), requires_grad=True)
-    v = ndl.Tensor(np.ones((2, 4), np.float32), device=ndl.cpu())
+    v = ndl.Tensor(np.ones((2, 4), np.float32), device=ndl.cpu(), requires_grad=False)
     tw = torch.ones(4, 4, requires_grad=True)
     tv = torch.ones(2, 4)
 
