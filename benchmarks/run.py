@@ -41,7 +41,7 @@ for p in (os.path.join(ROOT, "python"), ROOT):
         sys.path.insert(0, p)
 
 SECTIONS = ["gemm", "dtype_gemm", "conv_gemm", "bandwidth", "compact", "conv", "conv_memory", "train", "overhead",
-            "memory"]
+            "memory", "profile"]
 
 # ResNet9 conv layers (Cin, Cout, k, stride) on 32x32 CIFAR input, "same" padding k // 2.
 RESNET9_CONVS = [(3, 16, 7, 4), (16, 32, 3, 2), (32, 32, 3, 1), (32, 32, 3, 1),
@@ -562,6 +562,27 @@ def bench_overhead(ctx, threads):
             del r[key]
 
 
+def bench_profile(ctx, threads):
+    """needle.profiler's view of one ResNet9 step (the train section's step, after warm-up)."""
+    if ctx.ndl is None:
+        print(f"  skipped: needs needle ({ctx.ndl_error})")
+        return
+    n_step, _ = make_steps(ctx, "ResNet9 b128", sides=("needle",))
+    for _ in range(2):
+        n_step()
+    steps = 3
+    start = time.perf_counter()
+    with ctx.ndl.profiler.profile() as prof:
+        for _ in range(steps):
+            n_step()
+    step_ms = (time.perf_counter() - start) / steps * 1e3
+    table = prof.table(sort_by="time", row_limit=12)
+    print(f"  [{threads}t] {steps} profiled steps, {step_ms:.1f} ms per step with the profiler on\n" + table)
+    ctx.profiles.append({"workload": "ResNet9 b32" if ctx.quick else "ResNet9 b128", "threads": threads,
+                         "steps": steps, "step_ms": round(step_ms, 2), "table": table,
+                         "ops": prof.key_averages()})
+
+
 def bench_memory(ctx, threads):
     """Peak RSS (VmHWM) of a process that builds ResNet9 and runs 3 training steps, one per framework."""
     out = {}
@@ -613,13 +634,15 @@ class Ctx:
     def __init__(self, quick):
         self.quick = quick
         self.results = []
+        self.profiles = []  # needle.profiler tables (the profile section)
         self.cpu = None
         self.torch = self.ndl = None
         self.torch_error = self.ndl_error = None
 
 
 RUNNERS = {"gemm": bench_gemm, "dtype_gemm": bench_dtype_gemm, "conv_gemm": bench_conv_gemm, "bandwidth": bench_bandwidth, "compact": bench_compact,
-           "conv": bench_conv, "conv_memory": bench_conv_memory, "train": bench_train, "overhead": bench_overhead, "memory": bench_memory}
+           "conv": bench_conv, "conv_memory": bench_conv_memory, "train": bench_train, "overhead": bench_overhead, "memory": bench_memory,
+           "profile": bench_profile}
 
 
 def machine_info(cpu):
@@ -659,6 +682,15 @@ def format_table(results, info):
     return "\n".join(lines)
 
 
+def format_profiles(profiles):
+    """The profile section's tables, one per thread count, as text blocks after the table."""
+    out = []
+    for p in profiles:
+        out += ["", f"needle.profiler, {p['workload']} step, {p['threads']} thread(s), {p['steps']} steps "
+                f"({p['step_ms']:.1f} ms per step with the profiler on):", "", "```", p["table"], "```"]
+    return "\n".join(out)
+
+
 def _torch_column(r, ratio_t, f):
     """needle/torch: a throughput ratio, or 'time x' / 'mem x' (needle's time / memory over torch's)."""
     if "overhead_x" in r:
@@ -684,8 +716,9 @@ def update_readme(table):
 
 
 def run_in_children(args):
-    """One child process per thread count, with OpenBLAS's and OpenMP's env set (see the module doc)."""
-    results = []
+    """One child process per thread count, with OpenBLAS's and OpenMP's env set (see the module doc):
+    (result rows, profiler tables)."""
+    results, profiles = [], []
     for n in args.threads:
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(n), OMP_NUM_THREADS=str(n))
         out = os.path.join(HERE, "results", f".child-{n}.json.tmp")
@@ -693,9 +726,11 @@ def run_in_children(args):
                "--json-out", out, "--no-readme"] + (["--quick"] if args.quick else [])
         subprocess.run(cmd, env=env, check=True)
         with open(out) as fh:
-            results += json.load(fh)["results"]
+            child = json.load(fh)
+        results += child["results"]
+        profiles += child.get("profiles", [])
         os.remove(out)
-    return results
+    return results, profiles
 
 
 def main():
@@ -757,7 +792,7 @@ def main():
           f"numpy threads via {info['numpy_threads_via']}")
 
     if len(args.threads) > 1 and not args.json_out:
-        ctx.results = run_in_children(args)
+        ctx.results, ctx.profiles = run_in_children(args)
         # Rows by section, then thread count, as a single process would have printed them.
         order = {name: i for i, name in enumerate(SECTIONS)}
         ctx.results.sort(key=lambda r: (order.get(r["section"], len(order)), r["threads"]))
@@ -775,8 +810,8 @@ def main():
     out = args.json_out or os.path.join(HERE, "results", f"cpu-{info['date']}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as fh:
-        json.dump({"machine": info, "results": ctx.results}, fh, indent=1)
-    table = format_table(ctx.results, info)
+        json.dump({"machine": info, "results": ctx.results, "profiles": ctx.profiles}, fh, indent=1)
+    table = format_table(ctx.results, info) + format_profiles(ctx.profiles)
     print("\n" + table)
     if not args.no_readme:
         update_readme(table)
