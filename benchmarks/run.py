@@ -469,8 +469,9 @@ def make_steps(ctx, which, sides=("needle", "torch")):
         opt = ndl.optim.Adam(model.parameters(), lr=lr)
         loss_fn = ndl.nn.SoftmaxLoss()
         model.train()
-        x = ndl.Tensor(X, device=ndl.cpu())
-        y = ndl.Tensor(Y.astype(np.float32), device=ndl.cpu())
+        # A batch as needle's DataLoader yields it (and as PyTorch's is): no gradient.
+        x = ndl.Tensor(X, device=ndl.cpu(), requires_grad=False)
+        y = ndl.Tensor(Y.astype(np.float32), device=ndl.cpu(), requires_grad=False)
 
         def n_step():
             opt.reset_grad()
