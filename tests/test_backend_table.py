@@ -257,11 +257,14 @@ def _case_optimizers(p):
 
 def _case_batch_norm(p):
     # (1, 4): zero variance; 257+ columns: more than one column tile; 2100 x 260: the
-    # row-split (threaded) sums; a far-off mean: the centred second pass.
-    # Its own generator, so the other cases keep their inputs. dw and db sum thousands of
-    # terms (float partial sums in the compiled kernel, float64 in the twin): atol 1e-4.
+    # row-split (threaded) sums; a far-off mean: the centred second pass; 16-128 columns:
+    # the compiled widths (row counts off a multiple of the 4 interleaved rows, and 8195 x
+    # 32 split over threads). Its own generator, so the other cases keep their inputs. dw
+    # and db sum thousands of terms (float partial sums in the compiled kernel, float64 in
+    # the twin): atol 1e-4.
     rng = np.random.default_rng(11)
-    for rows, cols, shift in [(1, 4, 0.0), (7, 5, 0.0), (130, 3, 50.0), (65, 257, 0.0), (2100, 260, 0.0), (0, 3, 0.0)]:
+    for rows, cols, shift in [(1, 4, 0.0), (7, 5, 0.0), (130, 3, 50.0), (65, 257, 0.0), (2100, 260, 0.0), (0, 3, 0.0),
+                              (3, 16, 0.0), (1031, 16, 20.0), (8195, 32, 0.0), (130, 64, 0.0), (67, 128, 5.0)]:
         x, g = p.buf(rng.uniform(-2, 2, (rows, cols)) + shift), p.buf(rng.uniform(-2, 2, (rows, cols)))
         w, b = p.buf(rng.uniform(0.5, 2, cols)), p.buf(rng.uniform(-2, 2, cols))
         out, mean, var = p.buf(np.zeros(rows * cols)), p.buf(np.zeros(cols)), p.buf(np.zeros(cols))
