@@ -102,6 +102,19 @@ ENGINE_CASES = {
     "boxes-batch-rows": ((16, 5, 6, 24), (3, 1, 2, 0), (3, 3, 24, 20), (1, 1), (1, 1), (1, 1), 1, BATCH_ROWS),
     "strided-image-scratch-out": ((4, 9, 8, 12), (0, 3, 1, 2), (2, 3, 12, 24), (2, 1), (1, 1), (1, 1), 1,
                                   (3, 1, 0, 2)),
+    # A few images with a deep filter, read in runs (the filter gradient's views of NHWC and
+    # NCHW batches, NCHW images): the direct loops (cpu/conv_direct.cc). "filter-gradient-
+    # of-nchw-batch" and "batch-rows-gathered" above take them too.
+    "few-images-first-layer-filter-gradient": ((3, 32, 32, 128), (3, 1, 2, 0), (8, 8, 128, 16), (1, 1), (3, 3),
+                                               (4, 4), 1, NHWC),
+    "few-images-one-image": ((1, 10, 9, 128), (3, 1, 2, 0), (3, 3, 128, 32), (1, 1), (1, 1), (1, 1), 1, NHWC),
+    "few-images-four-strided-dilated": ((4, 20, 17, 48), (3, 1, 2, 0), (5, 5, 48, 16), (2, 3), (2, 1), (1, 2), 1,
+                                        BATCH_ROWS),
+    "few-images-negative-padding": ((2, 24, 24, 64), (3, 1, 2, 0), (4, 4, 64, 8), (1, 1), (-1, 2), (1, 1), 1,
+                                    NHWC),
+    "few-images-nchw": ((2, 8, 8, 512), (0, 3, 1, 2), (3, 3, 512, 16), (1, 1), (1, 1), (1, 1), 1, NHWC),
+    "few-images-nchw-strided-dilated": ((3, 11, 13, 192), (0, 3, 1, 2), (3, 2, 192, 8), (2, 1), (0, 1), (2, 1), 1,
+                                        NHWC),
 }
 
 

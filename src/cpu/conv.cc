@@ -848,7 +848,9 @@ void Conv2d(const Buffer& x, const Buffer& w, Buffer* out, Shape x_shape, Shape 
       conv_geometry(x_shape, x_strides, w_shape, w_strides, out_shape, out_strides, stride, padding, dilation, groups);
   dispatch<kFusedMask>(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    conv2d_implicit<T>(g, x.data<T>() + x_offset, w.data<T>() + w_offset, out->data<T>());
+    const T* xp = x.data<T>() + x_offset;
+    const T* wp = w.data<T>() + w_offset;
+    if (!conv2d_few_images<T>(g, xp, wp, out->data<T>())) conv2d_implicit<T>(g, xp, wp, out->data<T>());
   });
 }
 
