@@ -115,6 +115,10 @@ ENGINE_CASES = {
     "few-images-nchw": ((2, 8, 8, 512), (0, 3, 1, 2), (3, 3, 512, 16), (1, 1), (1, 1), (1, 1), 1, NHWC),
     "few-images-nchw-strided-dilated": ((3, 11, 13, 192), (0, 3, 1, 2), (3, 2, 192, 8), (2, 1), (0, 1), (2, 1), 1,
                                         NHWC),
+    # Images of 1-4 channels, one at a time ("first-layer-narrow" and "nchw-image-strided-conv"
+    # above take this path too).
+    "few-channels-nchw-one-channel": ((8, 28, 28, 1), (0, 3, 1, 2), (5, 5, 1, 32), (1, 1), (2, 2), (1, 1), 1, NHWC),
+    "few-channels-nhwc-dilated-cropped": ((6, 19, 23, 4), NHWC, (3, 5, 4, 8), (2, 1), (-1, 2), (2, 1), 1, NHWC),
 }
 
 

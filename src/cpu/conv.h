@@ -23,9 +23,10 @@ namespace cpu {
 template <typename T>
 void conv2d_implicit(const ConvGeometry& g, const T* x, const T* f, T* out);
 
-// Direct loops for a few images (n <= 4) with a deep filter and few outputs, such as
-// the filter gradient of a layer with 1-4 input channels (conv_direct.cc); returns
-// false, computing nothing, for any other convolution.
+// Direct loops for 8-32 output channels over a few images (n <= 4) with a deep filter
+// and few outputs (the filter gradient of a layer with 1-4 input channels) or over
+// images of 1-4 channels (such a layer's forward); conv_direct.cc. Returns false,
+// computing nothing, for any other convolution.
 template <typename T>
 bool conv2d_few_images(const ConvGeometry& g, const T* x, const T* f, T* out);
 

@@ -1,15 +1,16 @@
-// 2-D convolution of a few images with a deep filter, as direct loops (see conv.h).
+// 2-D convolutions that a GEMM does badly, as direct loops (see conv.h): few output
+// channels over either a few images with a deep filter, or images of 1-4 channels.
 //
-// The filter gradient of a network's first layer (1-4 input channels) is such a
-// convolution: ops_conv computes dW as the convolution of the image with its batch
-// and channel axes swapped (3 "images" of 128 "channels") with the output gradient as
-// the filter (an 8x8 map of 128 channels), giving 3 x 7 x 7 outputs. As an implicit
-// GEMM that is a 147 x 16 product 8192 deep whose packing copies every im2col element
-// for only 16 multiply-adds: the 7x7 stride-4 layer's filter gradient ran at 40
-// GFLOP/s. Here a block of QB neighbouring outputs of one row keeps the sums of all
-// images in registers, so each filter vector loaded serves QB x n of them, and the
-// image is read from a zero-padded copy laid out (channel, row, column, image), where
-// the QB x n values a tap needs are one contiguous run.
+// Both are a first layer's: its filter gradient is computed (ops_conv) as the
+// convolution of the image with its batch and channel axes swapped (3 "images" of 128
+// "channels") with the output gradient as the filter (an 8x8 map of 128 channels), 3 x 7
+// x 7 outputs; its forward convolves 128 images of 3 channels. As an implicit GEMM each
+// is a product with 16 columns whose packing copies every im2col element for only 16
+// multiply-adds: the 7x7 stride-4 layer ran at 40 (filter gradient) and 60 (forward)
+// GFLOP/s. Here a block of QB neighbouring outputs of one row keeps the sums of all its
+// images in registers, so each filter vector loaded serves QB x n of them, and the image
+// is read from a zero-padded copy laid out (channel, row, column, image), where the QB x
+// n values a tap needs are one contiguous run.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -68,12 +69,15 @@ PaddedImage<T> pad_image(const ConvGeometry& s, const T* x, int64_t slack_cols) 
       T* dst = plane + r * row_len;
       const T* src = x + ch * s.xs[3] + (r - s.pt) * s.xs[1] + (c0 - s.pl) * s.xs[2];
       std::fill(dst, dst + c0 * s.n, T(0));
-      if (s.xs[2] == s.n && (s.xs[0] == 1 || s.n == 1)) {  // the row is one run
-        std::memcpy(dst + c0 * s.n, src, size_t((c1 - c0) * s.n) * sizeof(T));
-      } else {  // a run per image (unit column stride: planes of an NCHW batch), interleaved
-        T* d = dst + c0 * NB;
+      T* d = dst + c0 * NB;
+      if (s.xs[2] == NB && (s.xs[0] == 1 || NB == 1)) {  // the row is one run
+        std::memcpy(d, src, size_t((c1 - c0) * NB) * sizeof(T));
+      } else if (s.xs[2] == 1) {  // a run per image (planes of an NCHW batch), interleaved
         for (int64_t c = 0; c < c1 - c0; ++c)
           for (int b = 0; b < NB; ++b) d[c * NB + b] = src[b * s.xs[0] + c];
+      } else {
+        for (int64_t c = 0; c < c1 - c0; ++c)
+          for (int b = 0; b < NB; ++b) d[c * NB + b] = src[b * s.xs[0] + c * s.xs[2]];
       }
       std::fill(dst + c1 * s.n, dst + row_len, T(0));
     }
@@ -131,6 +135,7 @@ void output_block(const ConvGeometry& s, const PaddedImage<T>& pi, const T* f, T
     }
 }
 
+// A few images at once: one padded copy of all of them, output blocks shared out.
 template <typename T, int NB, int CO>
 void run(const ConvGeometry& s, const T* x, const T* f, T* out) {
   constexpr int QB = block_width<T, NB, CO>();
@@ -142,11 +147,34 @@ void run(const ConvGeometry& s, const T* x, const T* f, T* out) {
   });
 }
 
-// run<T, NB, CO> when CO output channels are whole vectors of T.
+// Many images of few channels (a first layer's forward): images shared out, each padded
+// into its thread's memory (a few KiB) and all its output blocks computed from there.
+template <typename T, int CO>
+void run_per_image(const ConvGeometry& s, const T* x, const T* f, T* out) {
+  constexpr int QB = block_width<T, 1, CO>();
+  ConvGeometry one = s;
+  one.n = 1;
+  const int64_t blocks = (s.wo + QB - 1) / QB;
+  parallel_for(s.n, [&](int64_t b) {
+    const PaddedImage<T> pi = pad_image<T, 1>(one, x + b * s.xs[0], int64_t(QB) * s.sw);
+    T* ob = out + b * s.os[0];
+    for (int64_t t = 0; t < s.ho * blocks; ++t) {
+      const int64_t p = t / blocks, q0 = (t % blocks) * QB;
+      output_block<T, 1, CO, QB>(one, pi, f, ob, p, q0, std::min<int64_t>(QB, s.wo - q0));
+    }
+  });
+}
+
+// run<T, NB, CO> (NB > 0) or run_per_image<T, CO> (NB == 0) when CO output channels are
+// whole vectors of T.
 template <typename T, int NB, int CO>
 bool run_whole_vectors(const ConvGeometry& s, const T* x, const T* f, T* out) {
   if constexpr (CO % (kVecBytes / int(sizeof(T))) == 0) {
-    run<T, NB, CO>(s, x, f, out);
+    if constexpr (NB == 0) {
+      run_per_image<T, CO>(s, x, f, out);
+    } else {
+      run<T, NB, CO>(s, x, f, out);
+    }
     return true;
   } else {
     return false;
@@ -175,12 +203,14 @@ __attribute__((noinline)) bool conv2d_few_images(const ConvGeometry& s, const T*
   // batch: (column, image) or column contiguous; NHWC images of few pixels, copied
   // element by element, ran slower here than in the GEMM); and a padded copy
   // (cg rows cols n) no larger than the image plus its padding.
-  const int64_t rows = s.n * s.ho * s.wo, depth = s.kh * s.kw * s.cg;
-  if (s.groups != 1 || s.n > 4 || s.fs[3] != 1 || s.os[3] != 1 || rows > 1024 || depth < 1024) return false;
-  if (!(s.xs[2] == s.n && (s.xs[0] == 1 || s.n == 1)) && s.xs[2] != 1) return false;
-  if (s.sh < 1 || s.sw < 1 || s.dh < 1 || s.dw < 1) return false;
+  if (s.groups != 1 || s.fs[3] != 1 || s.os[3] != 1 || s.sh < 1 || s.sw < 1 || s.dh < 1 || s.dw < 1) return false;
   const int64_t rows_read = (s.ho - 1) * s.sh + (s.kh - 1) * s.dh + 1, cols_read = (s.wo - 1) * s.sw + (s.kw - 1) * s.dw + 1;
   if (rows_read > 2 * s.h + 8 || cols_read > 2 * s.w + 8) return false;
+  // Images of 1-4 channels (a first layer): one at a time, whatever the layout.
+  if (s.cg <= 4 && s.n > 4) return with_cout<T, 0>(s, x, f, out);
+  const int64_t rows = s.n * s.ho * s.wo, depth = s.kh * s.kw * s.cg;
+  if (s.n > 4 || rows > 1024 || depth < 1024) return false;
+  if (!(s.xs[2] == s.n && (s.xs[0] == 1 || s.n == 1)) && s.xs[2] != 1) return false;
   switch (s.n) {
     case 1: return with_cout<T, 1>(s, x, f, out);
     case 2: return with_cout<T, 2>(s, x, f, out);
