@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "column_sums.h"
 #include "kernels.h"
 #include "simd.h"
 #include "threads.h"
@@ -72,40 +73,6 @@ void row_softmax_scaled(const T* x, T* o, int64_t k, T l, T c) {
   for (; j < k; ++j) o[j] = std::exp(x[j] - l) * c;
 }
 
-// acc[j] += sum of term(r, j) over rows [lo, hi): partial sums in T over blocks of
-// 64 rows, added in double, so the error grows with 64 + n / 64, not with n. W is the
-// column count when known at compile time (see with_width), else 0.
-// A narrow compile-time width sums kLanes rows at a time into separate partial rows, so
-// that consecutive rows do not wait on one another's additions.
-template <typename T, int64_t W, typename Term>
-void add_column_sums(int64_t lo, int64_t hi, int64_t cols, double* acc, Term term) {
-  constexpr int64_t kRows = 64, kCols = 256;
-  constexpr int64_t kLanes = W && W <= 64 ? 4 : 1;
-  static_assert(W <= kCols, "a compile-time width fits one column block");
-  T blk[kLanes * kCols];
-  for (int64_t c0 = 0; c0 < cols; c0 += kCols) {
-    const int64_t nc = W ? W : std::min(kCols, cols - c0);
-    for (int64_t r0 = lo; r0 < hi; r0 += kRows) {
-      const int64_t r1 = std::min(hi, r0 + kRows);
-      std::fill(blk, blk + kLanes * nc, T(0));
-      int64_t r = r0;
-      for (; r + kLanes <= r1; r += kLanes) {
-        for (int64_t l = 0; l < kLanes; ++l) {
-#pragma omp simd
-          for (int64_t j = 0; j < nc; ++j) blk[l * nc + j] += term(r + l, c0 + j);
-        }
-      }
-      for (; r < r1; ++r) {
-#pragma omp simd
-        for (int64_t j = 0; j < nc; ++j) blk[j] += term(r, c0 + j);
-      }
-      for (int64_t l = 1; l < kLanes; ++l)
-        for (int64_t j = 0; j < nc; ++j) blk[j] += blk[l * nc + j];
-      for (int64_t j = 0; j < nc; ++j) acc[c0 + j] += double(blk[j]);
-    }
-  }
-}
-
 // out[j] = sum over all rows of term(r, j). Rows split into a number of pieces fixed by
 // the size alone (so the result does not depend on the thread count), added in order.
 template <typename T, int64_t W, typename Term>
@@ -113,31 +80,15 @@ void column_sums(int64_t rows, int64_t cols, double* out, Term term) {
   std::fill(out, out + cols, 0.0);
   const int64_t pieces = std::max<int64_t>(1, std::min<int64_t>({64, rows, rows * cols / kParallelThreshold}));
   if (pieces == 1) {
-    add_column_sums<T, W>(0, rows, cols, out, term);
+    add_column_sums<T, double, W>(0, rows, cols, out, term);
     return;
   }
   std::vector<double> part(size_t(pieces * cols), 0.0);
   parallel_for(pieces, [&](int64_t t) {
-    add_column_sums<T, W>(rows * t / pieces, rows * (t + 1) / pieces, cols, part.data() + t * cols, term);
+    add_column_sums<T, double, W>(rows * t / pieces, rows * (t + 1) / pieces, cols, part.data() + t * cols, term);
   });
   for (int64_t t = 0; t < pieces; ++t)
     for (int64_t j = 0; j < cols; ++j) out[j] += part[size_t(t * cols + j)];
-}
-
-// f(std::integral_constant<int64_t, W>) with W = cols for the channel counts of common
-// layers, else W = 0 (a runtime width). With W known, the per-row loops of batch norm
-// compile to straight vector code: with 16 columns a runtime-bounded loop spent more on
-// its bounds than on its one vector of work (a (8192, 16) batch norm ran at a fifth of
-// an add's speed over the same memory).
-template <class F>
-void with_width(int64_t cols, F f) {
-  switch (cols) {
-    case 16: return f(std::integral_constant<int64_t, 16>{});
-    case 32: return f(std::integral_constant<int64_t, 32>{});
-    case 64: return f(std::integral_constant<int64_t, 64>{});
-    case 128: return f(std::integral_constant<int64_t, 128>{});
-    default: return f(std::integral_constant<int64_t, 0>{});
-  }
 }
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kParallelThreshold / std::max<int64_t>(cols, 1)); }

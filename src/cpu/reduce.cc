@@ -1,9 +1,11 @@
 // Reductions over contiguous runs: sum (floats keep their dtype, halves add in
 // float, integers and bool into int64) and max (NaN propagates; bool is any).
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
 
+#include "column_sums.h"
 #include "common/convert.h"
 #include "kernels.h"
 #include "threads.h"
@@ -102,41 +104,35 @@ void ReduceSum(const Buffer& a, Buffer* out, int64_t reduce_size) {
 void ReduceSumMiddle(const Buffer& a, Buffer* out, int64_t outer, int64_t reduce, int64_t inner) {
   // a is (outer, reduce, inner) compact; out (outer, inner) = sum over the middle axis.
   // The sum over leading axes (bias and BatchNorm gradients) without a transposed copy:
-  // rows are added into inner-wide accumulators in blocks of 64 rows, and the block
-  // sums into the output, so the error grows with n / 64 + 64, not with n.
+  // column sums (column_sums.h) over tiles of up to 256 columns.
   check_dtype_is("reduce_sum_middle", "out", out->dtype, sum_dtype(a.dtype));
   check_reduce_middle("reduce_sum_middle", a.size, out->size, outer, reduce, inner);
   dispatch(a.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using S = sum_t<T>;
     using A = acc_t<T>;
-    constexpr int64_t kRows = 64, kCols = 256;
+    constexpr int64_t kCols = 256;
     const T* x = a.data<T>();
     S* o = out->data<S>();
     const int64_t col_tiles = (inner + kCols - 1) / kCols;
     const int64_t grain =
         std::max<int64_t>(1, kParallelThreshold / std::max<int64_t>(1, reduce * std::min(inner, kCols)));
-    parallel_range(outer * col_tiles, grain, [&](int64_t lo, int64_t hi) {
-      A block[kCols], total[kCols];
-      for (int64_t t = lo; t < hi; ++t) {
-        const int64_t oi = t / col_tiles, c0 = (t % col_tiles) * kCols, nc = std::min(kCols, inner - c0);
-        const T* base = x + oi * reduce * inner + c0;
-        for (int64_t j = 0; j < nc; ++j) total[j] = 0;
-        for (int64_t r0 = 0; r0 < reduce; r0 += kRows) {
-          const int64_t r1 = std::min(reduce, r0 + kRows);
-          for (int64_t j = 0; j < nc; ++j) block[j] = 0;
-          for (int64_t r = r0; r < r1; ++r) {
-            const T* row = base + r * inner;
-#pragma omp simd
-            for (int64_t j = 0; j < nc; ++j) block[j] += A(widen(row[j]));
-          }
-#pragma omp simd
-          for (int64_t j = 0; j < nc; ++j) total[j] += block[j];
+    auto tiles = [&](auto width) {
+      constexpr int64_t W = decltype(width)::value;  // inner, when one tile of a common width
+      parallel_range(outer * col_tiles, grain, [&](int64_t lo, int64_t hi) {
+        A total[kCols];
+        for (int64_t t = lo; t < hi; ++t) {
+          const int64_t oi = t / col_tiles, c0 = (t % col_tiles) * kCols, nc = W ? W : std::min(kCols, inner - c0);
+          const T* base = x + oi * reduce * inner + c0;
+          std::fill(total, total + nc, A(0));
+          add_column_sums<A, A, W>(0, reduce, nc, total,
+                                   [base, inner](int64_t r, int64_t j) { return A(widen(base[r * inner + j])); });
+          S* dst = o + oi * inner + c0;
+          for (int64_t j = 0; j < nc; ++j) dst[j] = convert<S>(total[j]);
         }
-        S* dst = o + oi * inner + c0;
-        for (int64_t j = 0; j < nc; ++j) dst[j] = convert<S>(total[j]);
-      }
-    });
+      });
+    };
+    with_width(col_tiles == 1 ? inner : 0, tiles);
   });
 }
 
