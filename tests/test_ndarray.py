@@ -431,6 +431,13 @@ def test_device_constructors(device):
     check(r, np.random.rand(2, 3))
     check(device.one_hot(4, np.array([1, 3])), np.eye(4)[[1, 3]])
     check(device.full((2,), 7.0), [7, 7])
+    # Every spelling of a dtype gives the canonical name (numpy dtypes compare equal to names).
+    for spelling, name in [(np.dtype("float64"), "float64"), (np.float16, "float16"), ("int32", "int32"),
+                           (np.dtype("float32"), "float32")]:
+        a = device.full((3,), 2.0, spelling)
+        assert a.dtype == name and type(a.dtype) is str, (spelling, a.dtype)
+        np.testing.assert_array_equal(a.numpy(), np.full(3, 2.0, name))
+        assert device.empty((2, 2), spelling).dtype == name
 
 
 # ---- bad input ------------------------------------------------------------------------

@@ -76,7 +76,7 @@ class BackendDevice:
 
     def empty(self, shape, dtype="float32"):
         self.require()
-        return _nd._alloc(_shape_tuple(shape), self, dtype if dtype in _CANONICAL else canonical(dtype))
+        return _nd._alloc(_shape_tuple(shape), self, dtype if type(dtype) is str and dtype in _CANONICAL else canonical(dtype))
 
     def full(self, shape, fill_value, dtype="float32"):
         arr = self.empty(shape, dtype)
