@@ -77,6 +77,38 @@ def test_a_parameter_is_cast_once_per_region():
     assert len(casts) == 1
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_linear_and_conv_with_bias_run_in_half_as_pytorch(dtype):
+    """PyTorch's autocast runs linear and conv, bias included, in half: the output is half
+    (not float32 by promotion with the float32 bias), and the bias gradient float32."""
+    np.random.seed(4)
+    lin, conv = nn.Linear(6, 5), nn.Conv(3, 4, 3)
+    tlin, tconv = torch.nn.Linear(6, 5), torch.nn.Conv2d(3, 4, 3, padding=1)
+    with torch.no_grad():
+        tlin.weight.copy_(torch.from_numpy(lin.weight.numpy().T.copy()))
+        tlin.bias.copy_(torch.from_numpy(lin.bias.numpy().reshape(-1)))
+        tconv.weight.copy_(torch.from_numpy(conv.weight.numpy().transpose(3, 2, 0, 1).copy()))
+        tconv.bias.copy_(torch.from_numpy(conv.bias.numpy().reshape(-1)))
+    x = np.random.randn(7, 6).astype(np.float32)
+    xi = np.random.randn(2, 3, 5, 5).astype(np.float32)
+    with amp.autocast(dtype=dtype):
+        y, z = lin(T(x, requires_grad=False)), conv(T(xi, requires_grad=False))
+    tdtype = getattr(torch, dtype)
+    with torch.autocast("cpu", dtype=tdtype):
+        ty, tz = tlin(torch.from_numpy(x)), tconv(torch.from_numpy(xi))
+    assert y.dtype == z.dtype == dtype and ty.dtype == tz.dtype == tdtype
+    tol = 1e-2 if dtype == "bfloat16" else 2e-3
+    np.testing.assert_allclose(y.numpy().astype(np.float32), ty.float().detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(z.numpy().astype(np.float32), tz.float().detach().numpy(), rtol=tol, atol=tol)
+    (y.sum() + z.sum()).backward()
+    (ty.float().sum() + tz.float().sum()).backward()
+    assert lin.bias.grad.dtype == conv.bias.grad.dtype == "float32"
+    np.testing.assert_allclose(lin.bias.grad.numpy().reshape(-1), tlin.bias.grad.numpy(), rtol=tol)
+    np.testing.assert_allclose(conv.bias.grad.numpy().reshape(-1), tconv.bias.grad.numpy(), rtol=tol)
+    # Outside a region nothing changes.
+    assert lin(T(x, requires_grad=False)).dtype == "float32"
+
+
 class _MLP(nn.Module):
     def __init__(self):
         super().__init__()

@@ -11,7 +11,8 @@ Inside ``autocast`` the matrix products (matmul, hence Linear and attention, and
 convolution) run on half-precision copies of their floating-point inputs, where tensor
 cores make them fast, while the ops that need range or precision (sums, exp/log/pow,
 logsumexp, softmax, the losses and the norms) run on float32 copies of half inputs.
-Every other op follows the usual promotion (bfloat16 + float32 -> float32). Parameters
+Linear and Conv add their bias in half too (``bias_for``), as PyTorch's autocast runs
+those layers; every other op follows the usual promotion (bfloat16 + float32 -> float32). Parameters
 stay float32 (the master weights): the casts are graph nodes, so gradients flow back
 through them into float32 ``.grad``. A parameter is cast once per autocast region.
 
@@ -98,6 +99,17 @@ class autocast:
             self._casts[(id(t), dtype)] = (t, out)
             return out
         return cast(t, dtype)
+
+
+def bias_for(t):
+    """A layer's bias ``t`` as its product is computed: in the region's half dtype inside
+    autocast (cast once per region; the gradient flows back to the float32 bias), else
+    ``t`` itself. PyTorch's autocast runs linear and conv, bias included, in half: their
+    output is half, not float32 by promotion."""
+    region = _current()
+    if region is None or t.dtype == region.dtype or t.dtype not in _FLOATING:
+        return t
+    return region._cast(t, region.dtype)
 
 
 _open_regions = 0

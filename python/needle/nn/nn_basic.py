@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Tuple
 
 import numpy as np
 
+import needle.amp as _amp
 import needle.init as init
 from needle import ops
 from needle.autograd import Tensor
@@ -447,7 +448,7 @@ class Linear(Module):
         x2 = X if len(X.shape) == 2 else X.reshape((_prod(lead), self.in_features))
         out = x2 @ self.weight
         if self.bias is not None:
-            bias = self.bias
+            bias = _amp.bias_for(self.bias)
             if bias.shape != (1, self.out_features):  # e.g. a (out,) bias from a checkpoint
                 bias = bias.reshape((1, self.out_features))
             out = out + bias.broadcast_to(out.shape)

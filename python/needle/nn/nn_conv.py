@@ -3,6 +3,7 @@ layout); the layers transpose to NHWC at their boundary for ``ops.conv`` and the
 pooling ops."""
 import numpy as np
 
+import needle.amp as _amp
 import needle.init as init
 from needle import ops
 from needle.autograd import Tensor
@@ -146,7 +147,7 @@ class Conv(Module):
             kwargs["groups"] = self.groups
         out = ops.conv(x, self.weight, stride=self.stride, padding=padding, **kwargs)
         if self.bias is not None:
-            out = out + self.bias.broadcast_to(out.shape)
+            out = out + _amp.bias_for(self.bias).broadcast_to(out.shape)
         return _nhwc_to_nchw(out)
 
     def extra_repr(self):
