@@ -77,6 +77,38 @@ def test_table_and_chrome_trace(tmp_path):
     assert [e["ts"] for e in spans] == sorted(e["ts"] for e in spans)
 
 
+def test_optimizer_steps_are_events(tmp_path):
+    """Each step() is one "optimizer" event (a subclass calling its base's step too), after
+    the backward ops; the trace puts it on its own row; no event when the profiler is off."""
+    np.random.seed(2)
+    model = nn.Linear(6, 3)
+
+    class LoggedSGD(ndl.optim.SGD):
+        def step(self):
+            super().step()
+
+    X = T(5, 6, requires_grad=False)
+    for opt in (ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), ndl.optim.Adam(model.parameters()),
+                LoggedSGD(model.parameters(), lr=0.1)):
+        with profiler.profile() as prof:
+            for _ in range(2):
+                opt.reset_grad()
+                model(X).sum().backward()
+                opt.step()
+        steps = [e for e in prof.events if e.phase == "optimizer"]
+        assert [e.name for e in steps] == [f"{type(opt).__name__}.step"] * 2
+        assert all(e.dur_ns > 0 for e in steps)
+        last_backward = max(e.start_ns for e in prof.events if e.phase == "backward")
+        assert steps[-1].start_ns > last_backward
+        assert f"{type(opt).__name__}.step" in prof.table(peak=PEAK)
+    path = tmp_path / "trace.json"
+    prof.export_chrome_trace(path)
+    rows = {e["cat"]: e["tid"] for e in json.loads(path.read_text())["traceEvents"] if e["ph"] == "X"}
+    assert rows == {"forward": 0, "backward": 1, "optimizer": 2}
+    opt.step()  # off: runs, records nothing anywhere
+    assert len([e for e in prof.events if e.phase == "optimizer"]) == 2
+
+
 def test_roofline_percent():
     # 1 GFLOP in 0.1 s at intensity 100 FLOP/byte: compute-bound on (1e11, 1e10) -> 10%
     assert profiler._roofline_percent(1e9, 1e7, 0.1, *PEAK) == "10"

@@ -6,11 +6,12 @@ number of live Tensors stays flat across steps. ``p.grad`` is never modified
 by ``step()``. Where the backend has a one-pass update kernel (``sgd_step``,
 ``adam_step``) it runs; otherwise (np mode) the same update as a composition.
 """
+import functools
 import math
 
 import numpy as np
 
-from . import init
+from . import init, profiler
 from .autograd import Tensor
 from .ops import array_backend as B
 
@@ -65,8 +66,30 @@ def clip_grad_norm(params, max_norm, eps=1e-6):
     return total
 
 
+def _profiled(step):
+    """``step`` recorded by an active needle.profiler as one "optimizer" event (the fused
+    updates are kernel calls, not ops; a step that calls its base class's is one event)."""
+    @functools.wraps(step)
+    def run(self, *args, **kwargs):
+        prof = profiler.active()
+        if prof is None or getattr(self, "_profiled_step", False):
+            return step(self, *args, **kwargs)
+        self._profiled_step = True
+        try:
+            with prof.region(f"{type(self).__name__}.step", "optimizer"):
+                return step(self, *args, **kwargs)
+        finally:
+            self._profiled_step = False
+    return run
+
+
 class Optimizer:
     """Base class: holds ``params``; ``step()`` updates them; ``reset_grad()`` clears grads."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__:
+            cls.step = _profiled(cls.__dict__["step"])
 
     def __init__(self, params):
         self.params = list(params)

@@ -5,7 +5,8 @@
     print(prof.table(sort_by="time"))
     prof.export_chrome_trace("step.json")   # open in Perfetto or chrome://tracing
 
-Every op that runs (its ``compute``, forward or inside ``backward()``) becomes an event
+Every op that runs (its ``compute``, forward or inside ``backward()``) and every optimizer
+``step()`` (phase "optimizer", time only) becomes an event
 with its wall time, input shapes, an estimate of its FLOPs and of the bytes it moves
 (inputs read, output written; views move none), and the hidden copies it forced (an
 NDArray ``compact()`` that had to copy while the op ran). ``table()`` sums the events
@@ -190,6 +191,12 @@ class profile:
         """Context for ``backward()``: the ops it runs are recorded as the backward phase."""
         return _Phase(self, "backward")
 
+    def region(self, name, phase):
+        """Context for work that is not an op (an optimizer's fused step runs NDArray
+        kernels directly): one event ``name`` in ``phase`` with its wall time and the
+        hidden copies made inside it; no FLOP or byte estimate."""
+        return _Region(self, name, phase)
+
     # -- results --
     def key_averages(self):
         """One row per (op, phase): dicts with calls, time_ms, flops, bytes, copies, copy_bytes."""
@@ -242,13 +249,32 @@ class profile:
         trace = [{"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": "needle"}}]
         for e in self.events:
             trace.append({
-                "name": e.name, "cat": e.phase, "ph": "X", "pid": pid, "tid": 0 if e.phase == "forward" else 1,
+                "name": e.name, "cat": e.phase, "ph": "X", "pid": pid, "tid": _TRACE_ROWS.get(e.phase, 2),
                 "ts": (e.start_ns - self._t0) / 1e3, "dur": e.dur_ns / 1e3,
                 "args": {"shapes": [list(s) for s in e.shapes], "flops": e.flops, "bytes": e.bytes,
                          "hidden_copies": e.copies, "copy_bytes": e.copy_bytes},
             })
         with open(os.fspath(path), "w") as f:
             json.dump({"traceEvents": trace, "displayTimeUnit": "ms"}, f)
+
+
+_TRACE_ROWS = {"forward": 0, "backward": 1}  # other phases (the optimizer step) share a third row
+
+
+class _Region:
+    def __init__(self, prof, name, phase):
+        self.prof, self.name, self.phase = prof, name, phase
+
+    def __enter__(self):
+        self.event = Event(self.name, self.phase, time.perf_counter_ns(), ())
+        self.outer, self.prof._current = self.prof._current, self.event
+        return self.event
+
+    def __exit__(self, *exc):
+        self.event.dur_ns = time.perf_counter_ns() - self.event.start_ns
+        self.prof._current = self.outer
+        self.prof.events.append(self.event)
+        return False
 
 
 class _Phase:
