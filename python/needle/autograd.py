@@ -16,6 +16,7 @@ detached ``.grad``: it would otherwise refer back to the node through its own
 graph, a reference cycle that keeps activations alive until the cyclic GC runs.
 """
 import contextlib
+import copy
 from typing import List, Optional
 
 import numpy
@@ -125,6 +126,17 @@ class Value:
 
     def is_leaf(self):
         return self.op is None
+
+    def __deepcopy__(self, memo):
+        """copy.deepcopy (of a model, say): every attribute copied, arrays included, and the
+        copy counted in TENSOR_COUNTER like any Value (its __del__ will uncount it)."""
+        global TENSOR_COUNTER
+        new = _new_object(type(self))
+        TENSOR_COUNTER += 1
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            setattr(new, key, copy.deepcopy(value, memo))
+        return new
 
     def __del__(self):
         global TENSOR_COUNTER

@@ -50,6 +50,9 @@ class BackendDevice:
     def __repr__(self):
         return self.name + "()"
 
+    def __deepcopy__(self, memo):
+        return self  # a device is a process-wide handle (copy.deepcopy of a model keeps it)
+
     def enabled(self):
         return self.mod is not None
 

@@ -480,6 +480,10 @@ class NDArray:
             _copy_hook(prod(self._shape) * self._handle.itemsize)
         return self.copy()
 
+    def __deepcopy__(self, memo):
+        """A compact copy of the data on the same device (copy.deepcopy of a model)."""
+        return self.copy()
+
     def copy(self):
         out = _alloc(self._shape, self._device, self._dtype)
         if out._handle.size:
