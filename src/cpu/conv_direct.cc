@@ -49,26 +49,26 @@ struct PaddedImage {
 };
 
 template <typename T, int NB>
-PaddedImage<T> pad_image(const ConvGeometry& s, const T* x, int64_t slack_cols) {
+PaddedImage<T> pad_image(const ConvGeometry& s, const T* x, int64_t slack_cols) {  // s.n == NB
   static thread_local std::vector<T> storage;
   PaddedImage<T> pi;
   pi.rows = (s.ho - 1) * s.sh + (s.kh - 1) * s.dh + 1;
   pi.cols = (s.wo - 1) * s.sw + (s.kw - 1) * s.dw + 1 + slack_cols;
-  const size_t size = size_t(s.cg * pi.rows * pi.cols * s.n);
+  const size_t size = size_t(s.cg * pi.rows * pi.cols * NB);
   if (storage.size() < size) storage.resize(size);
   T* const base = storage.data();
   pi.data = base;
   // Padded row r reads image row r - pt (when inside); likewise columns.
   const int64_t r0 = std::max<int64_t>(0, s.pt), r1 = std::max(r0, std::min(pi.rows, s.h + s.pt));
   const int64_t c0 = std::max<int64_t>(0, s.pl), c1 = std::max(c0, std::min(pi.cols, s.w + s.pl));
-  const int64_t row_len = pi.cols * s.n;
+  const int64_t row_len = pi.cols * NB;
   parallel_for(s.cg, [&](int64_t ch) {
     T* plane = base + ch * pi.rows * row_len;
     std::fill(plane, plane + r0 * row_len, T(0));
     for (int64_t r = r0; r < r1; ++r) {
       T* dst = plane + r * row_len;
       const T* src = x + ch * s.xs[3] + (r - s.pt) * s.xs[1] + (c0 - s.pl) * s.xs[2];
-      std::fill(dst, dst + c0 * s.n, T(0));
+      std::fill(dst, dst + c0 * NB, T(0));
       T* d = dst + c0 * NB;
       if (s.xs[2] == NB && (s.xs[0] == 1 || NB == 1)) {  // the row is one run
         std::memcpy(d, src, size_t((c1 - c0) * NB) * sizeof(T));
@@ -79,7 +79,7 @@ PaddedImage<T> pad_image(const ConvGeometry& s, const T* x, int64_t slack_cols) 
         for (int64_t c = 0; c < c1 - c0; ++c)
           for (int b = 0; b < NB; ++b) d[c * NB + b] = src[b * s.xs[0] + c * s.xs[2]];
       }
-      std::fill(dst + c1 * s.n, dst + row_len, T(0));
+      std::fill(dst + c1 * NB, dst + row_len, T(0));
     }
     std::fill(plane + r1 * row_len, plane + pi.rows * row_len, T(0));
   });

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from . import ndarray_backend_numpy
-from .dtypes import DTYPES as _CANONICAL, canonical
+from .dtypes import canonical
 
 # Idle OpenMP threads sleep instead of spinning: on a shared machine a
 # spinning team steals the cores that the other threads are waiting for.
@@ -79,7 +79,7 @@ class BackendDevice:
 
     def empty(self, shape, dtype="float32"):
         self.require()
-        return _nd._alloc(_shape_tuple(shape), self, dtype if type(dtype) is str and dtype in _CANONICAL else canonical(dtype))
+        return _nd._alloc(_shape_tuple(shape), self, canonical(dtype))
 
     def full(self, shape, fill_value, dtype="float32"):
         arr = self.empty(shape, dtype)

@@ -214,9 +214,7 @@ def full(shape, value, like):
     """An array of ``shape`` filled with ``value``, with ``like``'s dtype and device."""
     if NP:
         return np.full(tuple(shape), value, dtype=like.dtype)
-    out = like._device.empty(shape, like._dtype)
-    out.fill(value)
-    return out
+    return like._device.full(shape, value, like._dtype)
 
 
 def pad(a, pads, value=0.0):
